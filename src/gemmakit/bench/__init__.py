@@ -1,0 +1,1 @@
+"""Benchmarks (`gemmakit bench`): figures measured side by side in one run, JSON out."""

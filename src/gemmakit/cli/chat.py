@@ -1,0 +1,88 @@
+"""`gemmakit chat` (multi-turn REPL or one-shot) and `gemmakit complete`, in-process: the same
+service the server uses, with no HTTP in between."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+
+from gemmakit.catalog import resolve
+from gemmakit.engines import engine_class
+from gemmakit.errors import GemmakitError
+from gemmakit.service import Prepared, Service
+from gemmakit.settings import Settings
+from gemmakit.types import Message, SamplingParams
+
+_HELP = "Commands: /reset (forget the conversation), /bye or Ctrl-D (quit), /help."
+
+
+async def _print_stream(service: Service, prepared: Prepared) -> tuple[str, str | None]:
+    text, finish = "", None
+    async for _, chunk in service.stream(prepared):
+        if chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            text += chunk.text
+        finish = chunk.finish_reason or finish
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return text, finish
+
+
+async def _chat(service: Service, ns: argparse.Namespace, sampling: SamplingParams) -> int:
+    system = [Message("system", ns.system)] if getattr(ns, "system", None) else []
+    if ns.command == "complete":
+        prepared = service.prepare_completion([ns.prompt], sampling, uuid.uuid4().hex)
+        await _print_stream(service, prepared)
+        return 0
+    if ns.prompt is not None:
+        prepared = service.prepare_chat([*system, Message("user", ns.prompt)], sampling,
+                                        uuid.uuid4().hex)
+        await _print_stream(service, prepared)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"gemmakit chat with {service.model_name}. {_HELP}", file=sys.stderr)
+    history: list[Message] = []
+    while True:
+        try:
+            line = await asyncio.to_thread(input, ">>> " if interactive else "")
+        except EOFError:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/bye", "/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history.clear()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if line == "/help":
+            print(_HELP, file=sys.stderr)
+            continue
+        turn = [*history, Message("user", line)]
+        try:
+            prepared = service.prepare_chat([*system, *turn], sampling, uuid.uuid4().hex)
+        except GemmakitError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            continue
+        reply, finish = await _print_stream(service, prepared)
+        if finish == "length":
+            print("(reply cut at max_tokens)", file=sys.stderr)
+        history = [*turn, Message("assistant", reply)]
+
+
+def run_chat(ns: argparse.Namespace, settings: Settings, sampling: SamplingParams) -> int:
+    ref = resolve(settings.model, settings.models_dir)
+    engine = engine_class(settings.engine).from_settings(ref, settings)
+
+    async def go() -> int:
+        try:
+            return await _chat(Service(engine, ref.name), ns, sampling)
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(go())

@@ -1,0 +1,32 @@
+"""`gemmakit models`: what is available locally, read from each file's own metadata."""
+
+from __future__ import annotations
+
+import json
+
+from gemmakit.catalog import local_models
+from gemmakit.engines.llamacpp import describe
+from gemmakit.settings import Settings
+
+
+def list_models(settings: Settings, *, as_json: bool = False) -> int:
+    rows = []
+    for ref in local_models(settings.models_dir):
+        facts = describe(ref.path)
+        rows.append({"name": ref.name, "path": str(ref.path), "format": ref.format,
+                     "size_bytes": ref.path.stat().st_size, "quantization": facts["file_type"],
+                     "context_length": facts["context_length"], "modalities": facts["modalities"],
+                     "architecture": facts["architecture"]})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "size", "quantization", "context", "modalities", "architecture", "path")
+    for r in rows:
+        table.add_row(r["name"], f"{r['size_bytes'] / 1e6:.1f} MB", str(r["quantization"]),
+                      str(r["context_length"]), ",".join(r["modalities"]),
+                      str(r["architecture"]), r["path"])
+    Console().print(table)
+    return 0

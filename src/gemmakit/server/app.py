@@ -1,0 +1,147 @@
+"""The FastAPI application, built from settings.
+
+The server listens at once and loads the model in the background: `/health` answers 503 until the
+engine is ready, and model routes answer 503 with `Retry-After` meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gemmakit.engines.base import Engine
+from gemmakit.server import errors
+from gemmakit.server.errors import error_body
+from gemmakit.server.routes import chat, completions, health, models
+from gemmakit.server.streaming import dumps
+from gemmakit.service import Service
+
+log = logging.getLogger("gemmakit.server")
+
+
+@dataclass
+class Runtime:
+    """What the routes see: the served model's name and, once loaded, its engine and service."""
+
+    model_name: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    engine: Engine | None = None
+    service: Service | None = None
+    load_error: str | None = None
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id on every request and response, and a body size limit
+    (413) enforced while the body is read, before any handler parses it."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = f"req-{uuid.uuid4().hex[:16]}"
+        scope.setdefault("state", {})["request_id"] = rid
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._too_large(send, rid)
+        # Read the whole body here (the JSON handlers need all of it anyway), counting as we go.
+        body, more = bytearray(), True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                return await self._too_large(send, rid)
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, replay, send_with_id)
+
+    async def _too_large(self, send: Send, rid: str) -> None:
+        payload = dumps(error_body(
+            f"The request body is larger than the limit of {self.max_body_bytes} bytes.",
+            "invalid_request_error", None, "request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", rid.encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(model_name: str, load_engine: Callable[[], Engine], *,
+               max_body_bytes: int = 8 * 1024 * 1024) -> FastAPI:
+    """Build the app. `load_engine` is called in a worker thread after the server starts."""
+    runtime = Runtime(model_name=model_name)
+
+    async def load() -> None:
+        t0 = time.perf_counter()
+        try:
+            engine = await asyncio.to_thread(load_engine)
+            runtime.service = Service(engine, model_name)
+            runtime.engine = engine
+        except Exception as e:
+            runtime.load_error = type(e).__name__
+            log.exception("loading the model failed")
+            return
+        log.info("model %s loaded in %.2f s (engine %s, context %d tokens)", model_name,
+                 time.perf_counter() - t0, engine.name, engine.context_length)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if runtime.engine is not None:
+                await runtime.engine.aclose()
+
+    app = FastAPI(title="gemmakit", summary="OpenAI-compatible server for Gemma models",
+                  lifespan=lifespan)
+    app.state.runtime = runtime
+    errors.install(app)
+    for r in (chat.router, completions.router, models.router, health.router):
+        app.include_router(r)
+    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
+    return app
+
+
+def app_from_settings(settings: Any) -> FastAPI:
+    """The app for `gemmakit serve`: resolve the model (assembling the bundled one if needed)
+    now, load the engine in the background."""
+    from gemmakit.catalog import resolve
+    from gemmakit.engines import engine_class
+
+    ref = resolve(settings.model, settings.models_dir)
+    cls = engine_class(settings.engine)
+    return create_app(settings.served_model_name or ref.name,
+                      lambda: cls.from_settings(ref, settings),
+                      max_body_bytes=settings.max_body_bytes)

@@ -1,0 +1,67 @@
+"""POST /v1/completions (raw text completion: no turn format)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gemmakit.server.protocol import CompletionRequest
+from gemmakit.server.routes.common import (
+    completion_logprobs,
+    new_id,
+    now,
+    service_for,
+    usage_dict,
+)
+from gemmakit.server.streaming import sse_response
+from gemmakit.service import Prepared, Service, Usage
+
+router = APIRouter()
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    service = service_for(request, body.model)
+    body.check_supported()
+    rid = request.state.request_id
+    prepared = service.prepare_completion(body.prompts(), body.sampling(), rid)
+    cid, created = new_id("cmpl"), now()
+    if body.stream:
+        return sse_response(_events(service, prepared, body, cid, created), rid)
+    results, usage = await service.collect(prepared)
+    return {
+        "id": cid, "object": "text_completion", "created": created, "model": service.model_name,
+        "choices": [{
+            "index": r.index,
+            "text": r.text,
+            "logprobs": completion_logprobs(r.logprobs) if body.logprobs is not None else None,
+            "finish_reason": r.finish_reason,
+        } for r in results],
+        "usage": usage_dict(usage),
+    }
+
+
+async def _events(service: Service, prepared: Prepared, body: CompletionRequest, cid: str,
+                  created: int) -> AsyncIterator[dict[str, Any]]:
+    want_logprobs = body.logprobs is not None
+    offsets = [0] * len(prepared.requests)
+    completion_tokens = 0
+    async for i, chunk in service.stream(prepared):
+        completion_tokens += len(chunk.token_ids)
+        if not (chunk.text or chunk.finish_reason or (want_logprobs and chunk.logprobs)):
+            continue
+        lp = completion_logprobs(chunk.logprobs, offsets[i]) if want_logprobs else None
+        offsets[i] += sum(len(e.token) for e in chunk.logprobs)
+        out = {"id": cid, "object": "text_completion", "created": created,
+               "model": service.model_name,
+               "choices": [{"index": i, "text": chunk.text, "logprobs": lp,
+                            "finish_reason": chunk.finish_reason}]}
+        if body.include_usage:
+            out["usage"] = None
+        yield out
+    if body.include_usage:
+        yield {"id": cid, "object": "text_completion", "created": created,
+               "model": service.model_name, "choices": [],
+               "usage": usage_dict(Usage(prepared.prompt_tokens, completion_tokens))}

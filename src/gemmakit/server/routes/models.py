@@ -1,0 +1,33 @@
+"""GET /v1/models and GET /v1/models/{id}"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gemmakit.errors import ModelNotFoundError
+
+router = APIRouter()
+
+
+def _card(runtime: Any) -> dict[str, Any]:
+    card = {"id": runtime.model_name, "object": "model", "created": runtime.created,
+            "owned_by": "gemmakit"}
+    if runtime.engine is not None:
+        card["context_length"] = runtime.engine.context_length
+        card["engine"] = runtime.engine.name
+    return card
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_card(request.app.state.runtime)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    if model_id != runtime.model_name:
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
+    return _card(runtime)

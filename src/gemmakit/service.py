@@ -1,0 +1,194 @@
+"""The generation pipeline, shared by the HTTP server, the CLI and the Python API.
+
+messages --prompts/gemma--> segments --engine.tokenize--> token ids --> one GenerationRequest per
+choice --engine.stream--> (choice index, Chunk) events. Context limits are checked here, before
+anything is queued: a prompt that does not fit is refused, never truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from gemmakit.engines.base import Engine
+from gemmakit.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedError
+from gemmakit.prompts import Prompt, render_chat, render_completion
+from gemmakit.prompts.gemma import STOP_TOKENS
+from gemmakit.types import (
+    AudioPart,
+    Chunk,
+    ChunkStats,
+    FinishReason,
+    GenerationRequest,
+    ImagePart,
+    Message,
+    SamplingParams,
+    TokenLogprob,
+)
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready to run: one GenerationRequest per output choice."""
+
+    requests: list[GenerationRequest]
+    prompt_tokens: int  # summed over distinct prompts (OpenAI counts a prompt once for n choices)
+    prompt_token_lists: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    stats: ChunkStats | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Service:
+    """Engine-agnostic request preparation and generation for one served model."""
+
+    def __init__(self, engine: Engine, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self._chat_stop_ids = frozenset(self._special_id(t) for t in STOP_TOKENS)
+
+    def _special_id(self, token: str) -> int:
+        ids = self.engine.tokenize(token, special=True)
+        if len(ids) != 1:
+            raise InvalidRequestError(f"the model's vocabulary has no '{token}' token")
+        return ids[0]
+
+    # --- preparation ----------------------------------------------------------------------
+    def tokenize_prompt(self, prompt: Prompt) -> list[int]:
+        ids: list[int] = []
+        for seg in prompt.segments:
+            ids.extend(self.engine.tokenize(seg.text, special=seg.special))
+        return ids
+
+    def _check_media(self, prompt: Prompt, messages: Sequence[Message]) -> None:
+        caps = self.engine.capabilities
+        for i, m in enumerate(messages):
+            if not isinstance(m.content, list):
+                continue
+            for j, part in enumerate(m.content):
+                if isinstance(part, ImagePart) and not caps.vision:
+                    raise UnsupportedError(f"model '{self.model_name}' has no vision: it cannot "
+                                           "take image input", param=f"messages[{i}].content[{j}]")
+                if isinstance(part, AudioPart) and not caps.audio:
+                    raise UnsupportedError(f"model '{self.model_name}' has no audio tower: it "
+                                           "cannot take audio input",
+                                           param=f"messages[{i}].content[{j}]")
+
+    def _check_fits(self, n_prompt: int, sampling: SamplingParams, param: str) -> None:
+        ctx = self.engine.context_length
+        if n_prompt >= ctx or (sampling.max_tokens is not None
+                               and n_prompt + sampling.max_tokens > ctx):
+            raise ContextLengthExceededError(prompt_tokens=n_prompt,
+                                             max_tokens=sampling.max_tokens,
+                                             context_length=ctx, param=param)
+
+    def _choices(self, prompt_ids: list[int], sampling: SamplingParams, request_id: str,
+                 stop_ids: frozenset[int], first_index: int) -> list[GenerationRequest]:
+        out = []
+        for k in range(sampling.n):
+            # With a seed, choice k uses seed + k: n identical samples would defeat n > 1.
+            sp = sampling if sampling.seed is None or k == 0 else sampling.model_copy(
+                update={"seed": sampling.seed + k})
+            out.append(GenerationRequest(prompt_tokens=prompt_ids, sampling=sp,
+                                         request_id=f"{request_id}-{first_index + k}",
+                                         stop_token_ids=stop_ids))
+        return out
+
+    def prepare_chat(self, messages: Sequence[Message], sampling: SamplingParams,
+                     request_id: str) -> Prepared:
+        prompt = render_chat(messages)
+        self._check_media(prompt, messages)
+        ids = self.tokenize_prompt(prompt)
+        self._check_fits(len(ids), sampling, "messages")
+        return Prepared(self._choices(ids, sampling, request_id, self._chat_stop_ids, 0),
+                        len(ids), [ids])
+
+    def prepare_completion(self, prompts: Sequence[str | list[int]], sampling: SamplingParams,
+                           request_id: str) -> Prepared:
+        if not prompts:
+            raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
+        reqs: list[GenerationRequest] = []
+        lists = []
+        for p in prompts:
+            if isinstance(p, str):
+                ids = self.tokenize_prompt(render_completion(p))
+            else:
+                ids = list(p)
+                bad = [t for t in ids if not 0 <= t < self.engine.n_vocab]
+                if bad:
+                    raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary.",
+                                              param="prompt")
+                if not ids:
+                    raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
+            self._check_fits(len(ids), sampling, "prompt")
+            reqs += self._choices(ids, sampling, request_id, frozenset(), len(reqs))
+            lists.append(ids)
+        return Prepared(reqs, sum(len(x) for x in lists), lists)
+
+    # --- generation -----------------------------------------------------------------------
+    async def stream(self, prepared: Prepared) -> AsyncIterator[tuple[int, Chunk]]:
+        """Run every choice; yield (choice index, chunk) as chunks arrive. Closing the iterator
+        (or cancelling its consumer) cancels every choice still running."""
+        if len(prepared.requests) == 1:
+            async for chunk in self.engine.stream(prepared.requests[0]):
+                yield 0, chunk
+            return
+        q: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+
+        async def pump(i: int, req: GenerationRequest) -> None:
+            try:
+                async for chunk in self.engine.stream(req):
+                    q.put_nowait((i, chunk))
+            except Exception as e:
+                q.put_nowait((i, e))
+            finally:
+                q.put_nowait((i, None))
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(prepared.requests)]
+        try:
+            running = len(tasks)
+            while running:
+                i, item = await q.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def collect(self, prepared: Prepared) -> tuple[list[ChoiceResult], Usage]:
+        """Run to completion and assemble every choice (the non-streaming path)."""
+        results = [ChoiceResult(index=i) for i in range(len(prepared.requests))]
+        async for i, chunk in self.stream(prepared):
+            r = results[i]
+            r.text += chunk.text
+            r.token_ids += chunk.token_ids
+            r.logprobs += chunk.logprobs
+            if chunk.finish_reason is not None:
+                r.finish_reason = chunk.finish_reason
+                r.stats = chunk.stats
+        return results, Usage(prepared.prompt_tokens, sum(len(r.token_ids) for r in results))
