@@ -9,7 +9,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from gemmakit.errors import ConfigError
 
 
 def _base_type(annotation: Any) -> Any:
@@ -45,3 +47,13 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
 def given(ns: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
     """The flags of `model` that were given on the command line."""
     return {k: v for k, v in vars(ns).items() if k in model.model_fields and v is not None}
+
+
+def build(model: type[BaseModel], ns: argparse.Namespace) -> Any:
+    """An instance of `model` from the given flags; a bad value names its flag."""
+    try:
+        return model(**given(ns, model))
+    except ValidationError as e:
+        problems = "; ".join("--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+                             + f": {err['msg']}" for err in e.errors())
+        raise ConfigError(problems) from None

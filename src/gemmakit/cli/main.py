@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gemmakit import __version__
-from gemmakit.cli.flags import add_model_flags, given
+from gemmakit.cli.flags import add_model_flags, build, given
 from gemmakit.errors import GemmakitError
 from gemmakit.settings import Settings
 from gemmakit.types import SamplingParams
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command in ("chat", "complete"):
             from gemmakit.cli.chat import run_chat
 
-            sampling = SamplingParams(**given(ns, SamplingParams))
+            sampling = build(SamplingParams, ns)
             return run_chat(ns, _load_settings(ns), sampling)
         if ns.command == "models":
             from gemmakit.cli.models import list_models

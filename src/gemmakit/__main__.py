@@ -1,0 +1,5 @@
+import sys
+
+from gemmakit.cli.main import main
+
+sys.exit(main())
