@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemmakit.engines.base import Engine
 from gemmakit.server import errors
-from gemmakit.server.errors import error_body
+from gemmakit.server.errors import error_body, internal_error_body
 from gemmakit.server.routes import chat, completions, health, models
 from gemmakit.server.streaming import dumps
 from gemmakit.service import Service
@@ -76,21 +76,37 @@ class RequestContext:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()  # after the body: wait for the disconnect
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        await self.app(scope, replay, send_with_id)
+        try:
+            await self.app(scope, replay, send_with_id)
+        except Exception:
+            # Anything no handler mapped: log it here, answer with the request id only.
+            log.exception("request %s failed with an internal error", rid)
+            if not started:
+                await self._send_json(send, 500, internal_error_body(rid), rid)
 
     async def _too_large(self, send: Send, rid: str) -> None:
-        payload = dumps(error_body(
+        await self._send_json(send, 413, error_body(
             f"The request body is larger than the limit of {self.max_body_bytes} bytes.",
-            "invalid_request_error", None, "request_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-            (b"x-request-id", rid.encode()), (b"connection", b"close")]})
+            "invalid_request_error", None, "request_too_large"), rid, close=True)
+
+    @staticmethod
+    async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str,
+                         close: bool = False) -> None:
+        payload = dumps(body).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(payload)).encode()), (b"x-request-id", rid.encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 

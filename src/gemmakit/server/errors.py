@@ -81,13 +81,13 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(GemmakitError)
     async def _gemmakit(request: Request, e: GemmakitError) -> JSONResponse:
-        if e.status >= 500:
+        headers = getattr(e, "headers", None)
+        if e.status == 500:
             rid = getattr(request.state, "request_id", "-")
             log.error("request %s failed: %s", rid, e.message)
             return error_response(e.status, f"{e.message} (request id {rid})", e.type, e.param,
-                                  e.code)
-        return JSONResponse(gemmakit_error_body(e), status_code=e.status,
-                            headers=getattr(e, "headers", None))
+                                  e.code, headers=headers)
+        return JSONResponse(gemmakit_error_body(e), status_code=e.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -99,9 +99,8 @@ def install(app: FastAPI) -> None:
         return error_response(e.status_code, str(e.detail), "invalid_request_error", None, code,
                               headers=getattr(e, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, e: Exception) -> JSONResponse:
-        rid = getattr(request.state, "request_id", "-")
-        log.exception("request %s failed with an internal error", rid)
-        return error_response(500, f"The server had an internal error (request id {rid}).",
-                              "server_error", None, "internal_error")
+
+def internal_error_body(request_id: str) -> dict[str, Any]:
+    """The body of an unexpected failure: the request id, nothing else (details are logged)."""
+    return error_body(f"The server had an internal error (request id {request_id}).",
+                      "server_error", None, "internal_error")

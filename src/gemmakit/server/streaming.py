@@ -36,4 +36,4 @@ def sse_response(events: AsyncIterator[dict[str, Any]], request_id: str) -> Even
                 "server_error", None, "internal_error"))}
         yield {"data": "[DONE]"}
 
-    return EventSourceResponse(frames(), sep="\n", headers={"x-request-id": request_id})
+    return EventSourceResponse(frames(), sep="\n")  # x-request-id: added by the middleware

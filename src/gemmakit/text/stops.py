@@ -24,11 +24,13 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._held + text
-        hit_at, hit = len(buf) + 1, None
+        # The stop that *completes* first wins (what a token-by-token stream sees), so the result
+        # does not depend on how the text was split; on a tie, the one that starts earlier.
+        best, hit_at, hit = None, 0, None
         for stop in self._stops:
             i = buf.find(stop)
-            if i != -1 and i < hit_at:
-                hit_at, hit = i, stop
+            if i != -1 and (best is None or (i + len(stop), i) < best):
+                best, hit_at, hit = (i + len(stop), i), i, stop
         if hit is not None:
             self._held = ""
             self.matched = hit

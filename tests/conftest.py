@@ -1,0 +1,179 @@
+"""Shared test fixtures: a fake engine with queued outputs (the layers above the engine are tested
+against it) and a factory for the real FastAPI app served by that engine.
+
+Nothing here imports llama_cpp or loads a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from gemmakit.types import (
+    Capabilities,
+    Chunk,
+    ChunkStats,
+    EngineHealth,
+    FinishReason,
+    GenerationRequest,
+)
+
+# Control tokens get small ids (as in Gemma's vocabulary: <eos> 1, <bos> 2, <start_of_turn> 105,
+# <end_of_turn> 106); every other character is one token, id CHAR_BASE + ord(char).
+SPECIAL_IDS: dict[str, int] = {
+    "<pad>": 0,
+    "<eos>": 1,
+    "<bos>": 2,
+    "<start_of_turn>": 105,
+    "<end_of_turn>": 106,
+    "<start_of_image>": 107,
+    "<start_of_audio>": 108,
+}
+CHAR_BASE = 1000
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_IDS) + ")")
+_ID_TO_SPECIAL = {v: k for k, v in SPECIAL_IDS.items()}
+
+
+class FakeEngine:
+    """Implements the `gemmakit.engines.base.Engine` contract with scripted replies.
+
+    - `tokenize`: one id per character; with ``special=True`` control-token markup such as
+      ``<start_of_turn>`` becomes its single control id. Never adds BOS.
+    - `stream`: each call takes the next queued reply (`queue_text`, `queue_chunks`,
+      `queue_error`); with nothing queued it yields `default_reply`. Every request is recorded in
+      `requests`.
+    """
+
+    name = "fake"
+
+    def __init__(self, *, context_length: int = 256,
+                 capabilities: Capabilities | None = None) -> None:
+        self.capabilities = capabilities or Capabilities()
+        self.context_length = context_length
+        self.n_vocab = CHAR_BASE + 0x110000
+        self.requests: list[GenerationRequest] = []
+        self.default_reply: list[Chunk | BaseException] = self.text_reply("ok")
+        self.healthy = True
+        self.closed = False
+        self._replies: collections.deque[list[Chunk | BaseException]] = collections.deque()
+
+    # --- the engine contract ----------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        if not special:
+            return [CHAR_BASE + ord(c) for c in text]
+        ids: list[int] = []
+        for piece in _SPECIAL_RE.split(text):
+            if piece in SPECIAL_IDS:
+                ids.append(SPECIAL_IDS[piece])
+            else:
+                ids.extend(CHAR_BASE + ord(c) for c in piece)
+        return ids
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        reply = self._replies.popleft() if self._replies else self.default_reply
+        for item in reply:
+            await asyncio.sleep(0)  # a real engine yields to the loop between tokens
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(ok=self.healthy, detail="" if self.healthy else "broken")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    # --- scripting ----------------------------------------------------------------------------
+    @staticmethod
+    def text_reply(*pieces: str, finish_reason: FinishReason = "stop") -> list[Chunk | BaseException]:
+        """One chunk per piece (one token each); the last carries finish_reason and stats."""
+        chunks: list[Chunk | BaseException] = [
+            Chunk(text=p, token_ids=[CHAR_BASE + i]) for i, p in enumerate(pieces)]
+        chunks.append(Chunk(finish_reason=finish_reason,
+                            stats=ChunkStats(completion_tokens=len(pieces))))
+        return chunks
+
+    def queue_text(self, *pieces: str, finish_reason: FinishReason = "stop") -> None:
+        self._replies.append(self.text_reply(*pieces, finish_reason=finish_reason))
+
+    def queue_chunks(self, chunks: Sequence[Chunk | BaseException]) -> None:
+        self._replies.append(list(chunks))
+
+    def queue_error(self, error: BaseException, *, after: Sequence[str] = ()) -> None:
+        """The next stream yields `after` as text chunks, then raises `error`."""
+        self._replies.append([*(Chunk(text=p, token_ids=[CHAR_BASE]) for p in after), error])
+
+    # --- helpers for assertions ---------------------------------------------------------------
+    @staticmethod
+    def detokenize(ids: Sequence[int]) -> str:
+        return "".join(_ID_TO_SPECIAL[i] if i in _ID_TO_SPECIAL else chr(i - CHAR_BASE)
+                       for i in ids)
+
+    @staticmethod
+    def count_special(ids: Sequence[int], token: str) -> int:
+        return sum(1 for i in ids if i == SPECIAL_IDS[token])
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def fake_engine_class() -> type[FakeEngine]:
+    return FakeEngine
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(predicate, timeout=5.0)``: poll until true, else fail the test."""
+    return _wait_until
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_client(engine, model_name=..., max_body_bytes=..., load_engine=...,
+    wait=True)`` builds the real app with `create_app`, enters a TestClient (so the lifespan
+    runs) and, unless ``wait=False``, waits until /health says the engine is loaded."""
+    from fastapi.testclient import TestClient
+
+    from gemmakit.server.app import create_app
+
+    clients: list[Any] = []
+
+    def factory(engine: Any = None, *, model_name: str = "gemma-test",
+                load_engine: Callable[[], Any] | None = None, wait: bool = True,
+                **app_kwargs: Any) -> Any:
+        if load_engine is None:
+            eng = engine if engine is not None else FakeEngine()
+
+            def load_engine() -> Any:
+                return eng
+
+        app = create_app(model_name, load_engine, **app_kwargs)
+        # raise_server_exceptions=False: a 500 must be checked as the client sees it.
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        if wait:
+            _wait_until(lambda: client.get("/health").status_code == 200)
+        return client
+
+    yield factory
+    for c in reversed(clients):
+        c.__exit__(None, None, None)
