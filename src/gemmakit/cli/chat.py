@@ -1,5 +1,5 @@
-"""`gemmakit chat` (multi-turn REPL or one-shot) and `gemmakit complete`, in-process: the same
-service the server uses, with no HTTP in between."""
+"""`gemmakit chat` (multi-turn REPL or one-shot), in-process: the same service the server uses,
+with no HTTP in between. `gemmakit complete` shares it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,29 @@ import argparse
 import asyncio
 import sys
 import uuid
+from typing import TYPE_CHECKING
 
-from gemmakit.catalog import resolve
-from gemmakit.engines import engine_class
+from gemmakit.cli.common import ENGINE_FLAGS, SAMPLING_SKIP, load_settings, settings_flags
+from gemmakit.cli.flags import add_model_flags, build
 from gemmakit.errors import GemmakitError
-from gemmakit.service import Prepared, Service
-from gemmakit.settings import Settings
 from gemmakit.types import Message, SamplingParams
+
+if TYPE_CHECKING:
+    from gemmakit.service import Prepared, Service
+
+HELP = "Chat in the terminal (multi-turn; or one-shot with a question)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="?", help="Ask once, print the answer and exit.")
+    p.add_argument("--system", help="System prompt (folded into the first user turn, as Gemma "
+                   "has no system role).")
+    add_engine_and_sampling_flags(p)
+
+
+def add_engine_and_sampling_flags(p: argparse.ArgumentParser) -> None:
+    settings_flags(p, ENGINE_FLAGS)
+    add_model_flags(p, SamplingParams, skip=SAMPLING_SKIP)
 
 _HELP = "Commands: /reset (forget the conversation), /bye or Ctrl-D (quit), /help."
 
@@ -75,7 +91,13 @@ async def _chat(service: Service, ns: argparse.Namespace, sampling: SamplingPara
         history = [*turn, Message("assistant", reply)]
 
 
-def run_chat(ns: argparse.Namespace, settings: Settings, sampling: SamplingParams) -> int:
+def run(ns: argparse.Namespace) -> int:
+    from gemmakit.catalog import resolve
+    from gemmakit.engines import engine_class
+    from gemmakit.service import Service
+
+    sampling = build(SamplingParams, ns)
+    settings = load_settings(ns)
     ref = resolve(settings.model, settings.models_dir)
     engine = engine_class(settings.engine).from_settings(ref, settings)
 

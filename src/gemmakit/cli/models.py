@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from gemmakit.catalog import local_models
-from gemmakit.engines.llamacpp import describe
-from gemmakit.settings import Settings
+from gemmakit.cli.common import load_settings, settings_flags
+
+HELP = "List the models available locally."
 
 
-def list_models(settings: Settings, *, as_json: bool = False) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="Machine-readable output.")
+    settings_flags(p, ("home", "log_level"))
+
+
+def run(ns: argparse.Namespace) -> int:
+    from gemmakit.catalog import local_models
+    from gemmakit.engines.llamacpp import describe
+
+    settings = load_settings(ns)
+    as_json = ns.json
     rows = []
     for ref in local_models(settings.models_dir):
         facts = describe(ref.path)

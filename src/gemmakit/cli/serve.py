@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
-from gemmakit.settings import Settings
+from gemmakit.cli.common import load_settings, settings_flags
 
+HELP = "OpenAI-compatible HTTP server."
 log = logging.getLogger("gemmakit")
 
 
-def serve(settings: Settings) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    settings_flags(p)
+
+
+def run(ns: argparse.Namespace) -> int:
+    settings = load_settings(ns)
     try:
         import uvicorn
     except ImportError:

@@ -24,6 +24,7 @@ from gemmakit.server.errors import error_body, internal_error_body
 from gemmakit.server.routes import chat, completions, health, models
 from gemmakit.server.streaming import dumps
 from gemmakit.service import Service
+from gemmakit.settings import Settings
 
 log = logging.getLogger("gemmakit.server")
 
@@ -110,9 +111,11 @@ class RequestContext:
         await send({"type": "http.response.body", "body": payload})
 
 
-def create_app(model_name: str, load_engine: Callable[[], Engine], *,
-               max_body_bytes: int = 8 * 1024 * 1024) -> FastAPI:
-    """Build the app. `load_engine` is called in a worker thread after the server starts."""
+def create_app(model_name: str, load_engine: Callable[[], Engine],
+               settings: Settings | None = None, **overrides: Any) -> FastAPI:
+    """Build the app. `load_engine` is called in a worker thread after the server starts.
+    Without `settings`, they are loaded (environment, defaults) with `overrides` on top."""
+    settings = settings if settings is not None else Settings.load(**overrides)
     runtime = Runtime(model_name=model_name)
 
     async def load() -> None:
@@ -143,14 +146,15 @@ def create_app(model_name: str, load_engine: Callable[[], Engine], *,
     app = FastAPI(title="gemmakit", summary="OpenAI-compatible server for Gemma models",
                   lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.settings = settings
     errors.install(app)
     for r in (chat.router, completions.router, models.router, health.router):
         app.include_router(r)
-    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app
 
 
-def app_from_settings(settings: Any) -> FastAPI:
+def app_from_settings(settings: Settings) -> FastAPI:
     """The app for `gemmakit serve`: resolve the model (assembling the bundled one if needed)
     now, load the engine in the background."""
     from gemmakit.catalog import resolve
@@ -159,5 +163,4 @@ def app_from_settings(settings: Any) -> FastAPI:
     ref = resolve(settings.model, settings.models_dir)
     cls = engine_class(settings.engine)
     return create_app(settings.served_model_name or ref.name,
-                      lambda: cls.from_settings(ref, settings),
-                      max_body_bytes=settings.max_body_bytes)
+                      lambda: cls.from_settings(ref, settings), settings)
