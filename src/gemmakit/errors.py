@@ -12,10 +12,12 @@ class GemmakitError(Exception):
     type: str = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers
         if code is not None:
             self.code = code
 
@@ -60,6 +62,18 @@ class PayloadTooLargeError(GemmakitError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class OverloadedError(GemmakitError):
+    """Every slot is busy and the waiting queue is full: come back later (never a hang)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class ServiceUnavailableError(GemmakitError):

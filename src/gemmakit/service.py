@@ -145,25 +145,40 @@ class Service:
         return Prepared(reqs, sum(len(x) for x in lists), lists)
 
     # --- generation -----------------------------------------------------------------------
-    async def stream(self, prepared: Prepared) -> AsyncIterator[tuple[int, Chunk]]:
-        """Run every choice; yield (choice index, chunk) as chunks arrive. Closing the iterator
-        (or cancelling its consumer) cancels every choice still running."""
-        if len(prepared.requests) == 1:
-            async for chunk in self.engine.stream(prepared.requests[0]):
-                yield 0, chunk
+    def start(self, prepared: Prepared) -> list[AsyncIterator[Chunk]]:
+        """Submit every choice at once (all or none) and return their chunk streams. Raises
+        before anything runs when the engine is full (429) or shutting down (503), so an HTTP
+        route can still answer with a status code."""
+        submit = getattr(self.engine, "submit", None)
+        if submit is not None:
+            return list(submit(prepared.requests))
+        return [self.engine.stream(r) for r in prepared.requests]
+
+    async def stream(self, prepared: Prepared, streams: list[AsyncIterator[Chunk]] | None = None
+                     ) -> AsyncIterator[tuple[int, Chunk]]:
+        """Yield (choice index, chunk) as chunks arrive. Closing the iterator (or cancelling its
+        consumer) cancels every choice still running."""
+        streams = streams if streams is not None else self.start(prepared)
+        if len(streams) == 1:
+            try:
+                async for chunk in streams[0]:
+                    yield 0, chunk
+            finally:
+                await _close(streams[0])
             return
         q: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
 
-        async def pump(i: int, req: GenerationRequest) -> None:
+        async def pump(i: int, s: AsyncIterator[Chunk]) -> None:
             try:
-                async for chunk in self.engine.stream(req):
+                async for chunk in s:
                     q.put_nowait((i, chunk))
             except Exception as e:
                 q.put_nowait((i, e))
             finally:
+                await _close(s)
                 q.put_nowait((i, None))
 
-        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(prepared.requests)]
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
         try:
             running = len(tasks)
             while running:
@@ -180,10 +195,11 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def collect(self, prepared: Prepared) -> tuple[list[ChoiceResult], Usage]:
+    async def collect(self, prepared: Prepared, streams: list[AsyncIterator[Chunk]] | None = None
+                      ) -> tuple[list[ChoiceResult], Usage]:
         """Run to completion and assemble every choice (the non-streaming path)."""
         results = [ChoiceResult(index=i) for i in range(len(prepared.requests))]
-        async for i, chunk in self.stream(prepared):
+        async for i, chunk in self.stream(prepared, streams):
             r = results[i]
             r.text += chunk.text
             r.token_ids += chunk.token_ids
@@ -192,3 +208,10 @@ class Service:
                 r.finish_reason = chunk.finish_reason
                 r.stats = chunk.stats
         return results, Usage(prepared.prompt_tokens, sum(len(r.token_ids) for r in results))
+
+
+async def _close(stream: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

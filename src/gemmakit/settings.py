@@ -53,13 +53,29 @@ class Settings(BaseSettings):
     """TCP port to listen on (0 picks a free one)."""
 
     context_length: int | None = Field(default=None, ge=16)
-    """Context window in tokens (default: the model's trained context)."""
+    """Context window of each sequence in tokens (default: the model's trained context, at
+    most 8192)."""
 
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     """CPU threads for decoding and prompt processing (default: all cores)."""
 
     batch_size: int = Field(default=512, ge=1)
     """Prompt tokens evaluated per step (llama.cpp n_batch)."""
+
+    parallel: int = Field(default=4, ge=1, le=64)
+    """Sequences decoded together in one batch (continuous batching); each has its own
+    context_length of KV cache."""
+
+    max_queue: int = Field(default=64, ge=0)
+    """Requests that may wait for a free sequence; beyond that, 429 with Retry-After at once."""
+
+    prefill_chunk: int = Field(default=128, ge=1)
+    """Most prompt tokens prefilled per step while other sequences are decoding (bounds their
+    stall; a lone request prefills batch_size tokens per step)."""
+
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    """Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are ended
+    with finish_reason "shutdown"."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level."""

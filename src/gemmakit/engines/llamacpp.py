@@ -10,11 +10,12 @@ and hands chunks to the event loop, so it stays off the decode path.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
+import math
 import os
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,7 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gemmakit.errors import ConfigError, ContextLengthExceededError, EngineError
+from gemmakit.errors import (
+    ConfigError,
+    ContextLengthExceededError,
+    EngineError,
+    OverloadedError,
+    ServiceUnavailableError,
+)
 from gemmakit.text import StopMatcher, Utf8Stream
 from gemmakit.types import (
     Capabilities,
@@ -117,15 +124,16 @@ class _Sequence:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
     max_tokens: int
-    seq_id: int = -1
-    n_past: int = 0  # tokens of this sequence in the KV cache
+    slot: _Slot | None = None
+    n_past: int = 0  # positions of this sequence held in the KV cache
     n_prompt_done: int = 0
-    generated: int = 0
-    last_token: int = -1
+    cached_prompt: int = 0  # prompt tokens reused from the slot's prefix cache
+    generated: list[int] = field(default_factory=list)
     sampler: object = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopMatcher | None = None
     cancelled: bool = False
+    finished: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
     t_first: float | None = None
@@ -134,21 +142,84 @@ class _Sequence:
         with contextlib.suppress(RuntimeError):  # the consumer's event loop is already closed
             self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
 
+    @property
+    def prefilling(self) -> bool:
+        return self.n_prompt_done < len(self.request.prompt_tokens)
+
+    def tokens_in_kv(self) -> list[int]:
+        """The tokens at positions 0..n_past-1 of this sequence's KV cells."""
+        return (self.request.prompt_tokens + self.generated)[: self.n_past]
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One llama.cpp sequence id. After a request ends, its KV cells stay as a prefix cache
+    (`cached` lists their tokens) until another request needs the slot."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+
+
+class SequenceStream:
+    """The chunks of one submitted sequence, as an async iterator. Closing it (or dropping it)
+    cancels the sequence: it leaves the batch within one decode step and frees its slot."""
+
+    def __init__(self, seq: _Sequence) -> None:
+        self._seq = seq
+
+    def __aiter__(self) -> SequenceStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        seq = self._seq
+        if seq.finished:
+            raise StopAsyncIteration
+        try:
+            item = await seq.out.get()
+        except BaseException:
+            seq.cancelled = True
+            raise
+        if isinstance(item, BaseException):
+            seq.finished = True
+            raise item
+        if item.finish_reason is not None:
+            seq.finished = True
+        return item
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        if not self._seq.finished:
+            self._seq.cancelled = True
+
+    def __del__(self) -> None:  # a stream nobody reads any more must not keep generating
+        self.cancel()
+
 
 class LlamaCppEngine:
-    """GGUF through llama.cpp. Construct with `LlamaCppEngine.load(...)` (blocking)."""
+    """GGUF through llama.cpp, with continuous batching.
+
+    `parallel` sequences decode together in one batch, each in its own llama.cpp sequence id with
+    `context_length` positions of KV cache; up to `max_queue` more requests wait. Requests join
+    and leave the batch between steps; a new request's prompt is prefilled in chunks interleaved
+    with the running sequences' decode steps, reusing the longest cached prefix of a free slot."""
 
     name = "llamacpp"
 
     def __init__(self, model_path: str | Path, *, context_length: int | None = None,
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
+                 max_queue: int = 64, prefill_chunk: int = 128,
                  flash_attention: bool = False) -> None:
         ll = _lib()
         self._ll = ll
         self.model_path = Path(model_path)
         self.parallel = parallel
+        self.max_queue = max_queue
+        self.prefill_chunk = max(1, min(prefill_chunk, batch_size))
         self.threads = threads or os.cpu_count() or 1
-        self.capabilities = Capabilities(text=True, batching=parallel > 1)
+        self.capabilities = Capabilities(text=True, batching=True)
 
         mparams = ll.llama_model_default_params()
         self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)
@@ -159,11 +230,19 @@ class LlamaCppEngine:
         self.metadata = _model_metadata(ll, self._model)
         self.trained_context_length = ll.llama_model_n_ctx_train(self._model)
 
+        # Default: the trained context, capped so that `parallel` full caches stay modest
+        # (8192 tokens x 4 sequences = 0.6 GB of f16 cache for the 270M).
+        per_seq = context_length or min(self.trained_context_length, 8192)
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = context_length or self.trained_context_length
+        # Keep every sliding-window layer's cells too: prefix reuse rolls sequences back.
+        cparams.swa_full = True
+        # Each sequence gets its own `per_seq` cells (kv_unified off): one long request can never
+        # starve the others of cache mid-generation, so admission is a simple count.
+        cparams.n_ctx = per_seq * parallel
+        cparams.n_seq_max = parallel
+        cparams.kv_unified = False
         cparams.n_batch = batch_size
         cparams.n_ubatch = batch_size
-        cparams.n_seq_max = parallel
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
@@ -173,7 +252,7 @@ class LlamaCppEngine:
             ll.llama_model_free(self._model)
             raise ConfigError("llama.cpp could not create a context (is the context too large "
                               "for memory?)")
-        self.context_length = ll.llama_n_ctx(self._ctx)
+        self.context_length = ll.llama_n_ctx_seq(self._ctx)
         self.batch_size = batch_size
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(batch_size, 0, parallel)
@@ -184,10 +263,15 @@ class LlamaCppEngine:
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
-        self._queue: queue.Queue[_Sequence | None] = queue.Queue()
+        # Shared between the event loop (submit) and the worker (admit): guarded by _cond.
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[_Sequence] = collections.deque()
         self._active: list[_Sequence] = []
-        self._free_seq_ids = list(range(parallel))
-        self._closed = False
+        self._finish_times: collections.deque[float] = collections.deque(maxlen=64)
+        self._slots = [_Slot(i) for i in range(parallel)]
+        self._stop = False  # the worker exits
+        self._draining = False  # refuse new work
+        self._force_end: str | None = None  # end everything now with this finish reason
         self._failed: str | None = None
         self._worker = threading.Thread(target=self._run, name="gemmakit-llamacpp", daemon=True)
         self._worker.start()
@@ -198,7 +282,9 @@ class LlamaCppEngine:
             raise ConfigError(f"the llamacpp engine loads GGUF files; '{model.name}' is "
                               f"{model.format} (use --engine transformers)")
         return cls(model.path, context_length=settings.context_length,
-                   threads=settings.threads, batch_size=settings.batch_size)
+                   threads=settings.threads, batch_size=settings.batch_size,
+                   parallel=settings.parallel, max_queue=settings.max_queue,
+                   prefill_chunk=settings.prefill_chunk)
 
     # --- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
@@ -226,140 +312,233 @@ class LlamaCppEngine:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
 
-    # --- generation -----------------------------------------------------------------------
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        """Generate one sequence. Cancelling the consuming task frees its slot and KV cells."""
+    # --- submission (event-loop side) -------------------------------------------------------
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[SequenceStream]:
+        """Queue `requests` together (all or none) and return their streams. Raises at once —
+        never waits — when the engine is full (OverloadedError, with a Retry-After derived from
+        the recent completion rate), shutting down, or a prompt cannot fit."""
         if self._failed:
             raise EngineError("the engine stopped after an internal error")
-        if self._closed:
-            raise EngineError("the engine is shut down")
-        n_prompt = len(request.prompt_tokens)
-        room = self.context_length - n_prompt
-        max_tokens = request.sampling.max_tokens or room
-        if n_prompt == 0 or room <= 0 or max_tokens > room:
-            raise ContextLengthExceededError(prompt_tokens=n_prompt,
-                                             max_tokens=request.sampling.max_tokens,
-                                             context_length=self.context_length)
-        seq = _Sequence(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
-                        max_tokens=max_tokens)
-        self._queue.put(seq)
+        if self._draining or self._stop:
+            raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
+                                          headers={"Retry-After": "5"})
+        loop = asyncio.get_running_loop()
+        seqs = []
+        for req in requests:
+            n_prompt = len(req.prompt_tokens)
+            room = self.context_length - n_prompt
+            max_tokens = req.sampling.max_tokens or room
+            if n_prompt == 0 or room <= 0 or max_tokens > room:
+                raise ContextLengthExceededError(prompt_tokens=n_prompt,
+                                                 max_tokens=req.sampling.max_tokens,
+                                                 context_length=self.context_length)
+            seqs.append(_Sequence(request=req, loop=loop, out=asyncio.Queue(),
+                                  max_tokens=max_tokens))
+        with self._cond:
+            free = self.parallel - len(self._active)
+            queued = len(self._waiting)
+            if queued + len(seqs) > self.max_queue + max(free, 0):
+                raise OverloadedError(
+                    f"The server is at capacity ({self.parallel} running, {queued} waiting); "
+                    "retry after the Retry-After interval.",
+                    retry_after=self._retry_after_locked(queued + len(seqs)))
+            self._waiting.extend(seqs)
+            self._cond.notify()
+        return [SequenceStream(s) for s in seqs]
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Generate one sequence (submit + iterate). Cancelling the consumer cancels it."""
+        (s,) = self.submit([request])
         try:
-            while True:
-                chunk = await seq.out.get()
-                if isinstance(chunk, BaseException):
-                    raise chunk
+            async for chunk in s:
                 yield chunk
-                if chunk.finish_reason is not None:
-                    return
         finally:
-            seq.cancelled = True  # no-op if finished; otherwise the worker drops it next step
+            s.cancel()
+
+    def _retry_after_locked(self, ahead: int) -> int:
+        """Seconds until `ahead` requests could have drained, from the recent completion rate."""
+        times = self._finish_times
+        if len(times) >= 2 and times[-1] > times[0]:
+            rate = (len(times) - 1) / (times[-1] - times[0])  # completions per second
+            return max(1, min(300, math.ceil(ahead / rate)))
+        return 1
 
     def health(self) -> EngineHealth:
         if self._failed:
             return EngineHealth(ok=False, detail=self._failed)
-        return EngineHealth(ok=self._worker.is_alive() and not self._closed,
-                            requests_running=len(self._active),
-                            requests_waiting=self._queue.qsize())
+        with self._cond:
+            running, waiting = len(self._active), len(self._waiting)
+            used = sum(s.n_past for s in self._active)
+        return EngineHealth(ok=self._worker.is_alive() and not self._stop and not self._draining,
+                            requests_running=running, requests_waiting=waiting,
+                            kv_cache_usage_ratio=used / (self.context_length * self.parallel))
+
+    def kv_accounting(self) -> dict[str, object]:
+        """The engine's view of every slot against llama.cpp's own memory positions: a slot's
+        cells are its cached prefix (idle) or its running sequence's positions. `consistent` is
+        false if any cell is unaccounted for (a leak) or missing."""
+        with self._cond:
+            running = {s.slot.seq_id: s.n_past for s in self._active if s.slot is not None}
+            slots = []
+            for slot in self._slots:
+                expect = running.get(slot.seq_id, len(slot.cached))
+                pos_max = self._ll.llama_memory_seq_pos_max(self._mem, slot.seq_id)
+                slots.append({"seq_id": slot.seq_id, "expected_cells": expect,
+                              "llama_positions": pos_max + 1, "running": slot.seq_id in running})
+        return {"slots": slots,
+                "consistent": all(s["expected_cells"] == s["llama_positions"] for s in slots)}
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful shutdown: refuse new work, let running and queued requests finish for up to
+        `timeout` seconds, then end the rest with finish_reason "shutdown"."""
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._active and not self._waiting:
+                    return
+            await asyncio.sleep(0.05)
+        with self._cond:
+            self._force_end = "shutdown"
+            self._cond.notify()
+        while True:  # the worker ends them at its next step
+            with self._cond:
+                if not self._active and not self._waiting:
+                    return
+            await asyncio.sleep(0.01)
 
     async def aclose(self) -> None:
-        if self._closed:
+        if self._stop:
             return
-        self._closed = True
-        self._queue.put(None)
+        with self._cond:
+            self._stop = True
+            self._force_end = self._force_end or "shutdown"
+            self._cond.notify()
         await asyncio.to_thread(self._worker.join)
         ll = self._ll
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         ll.llama_model_free(self._model)
 
-    # --- worker thread --------------------------------------------------------------------
+    # --- worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
         try:
             while True:
-                if not self._active:
-                    item = self._queue.get()
-                    if item is None:
-                        break
-                    self._admit(item)
-                while len(self._active) < self.parallel:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        self._closed = True
-                        break
-                    self._admit(item)
-                self._drop_cancelled()
+                with self._cond:
+                    while not (self._active or self._waiting or self._stop):
+                        self._cond.wait()
+                    if self._force_end:
+                        self._end_all_locked(self._force_end)
+                    if self._stop and not self._active and not self._waiting:
+                        return
+                    self._drop_cancelled_locked()
+                    while self._waiting and len(self._active) < self.parallel:
+                        seq = self._waiting.popleft()
+                        if not seq.cancelled:
+                            self._admit_locked(seq)
                 if self._active:
                     self._step()
-                elif self._closed:
-                    break
         except Exception as e:  # an engine bug or a llama.cpp failure: fail loudly, not silently
             log.exception("llama.cpp worker failed")
-            self._failed = f"{type(e).__name__}"
-            for seq in self._active:
-                seq.emit(EngineError("generation failed inside the engine"))
-        finally:
-            for seq in self._active:
-                self._release(seq)
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    item.emit(EngineError("the engine is shut down"))
+            self._failed = type(e).__name__
+            with self._cond:
+                for seq in [*self._active, *self._waiting]:
+                    seq.emit(EngineError("generation failed inside the engine"))
+                self._active.clear()
+                self._waiting.clear()
 
-    def _admit(self, seq: _Sequence) -> None:
-        if seq.cancelled:
-            return
-        seq.seq_id = self._free_seq_ids.pop()
+    def _admit_locked(self, seq: _Sequence) -> None:
+        """Give `seq` the free slot whose cached prefix matches its prompt longest (else the
+        least recently used one) and drop the cells past the shared prefix."""
+        busy = {s.slot.seq_id for s in self._active if s.slot is not None}
+        prompt = seq.request.prompt_tokens
+        best, best_len = None, -1
+        for slot in self._slots:
+            if slot.seq_id in busy:
+                continue
+            n = _common_prefix(slot.cached, prompt)
+            if n > best_len or (n == best_len and best is not None
+                                and slot.last_used < best.last_used):
+                best, best_len = slot, n
+        assert best is not None
+        keep = min(best_len, len(prompt) - 1)  # the last prompt token is always re-decoded
+        if not self._ll.llama_memory_seq_rm(self._mem, best.seq_id, keep, -1):
+            keep = 0  # partial removal refused (cannot happen with a full cache): start over
+            self._ll.llama_memory_seq_rm(self._mem, best.seq_id, -1, -1)
+        seq.slot = best
+        seq.n_past = seq.n_prompt_done = seq.cached_prompt = keep
+        best.cached = []
         seq.t_start = time.perf_counter()
         seq.sampler = self._make_sampler(seq.request)
         seq.stops = StopMatcher(seq.request.sampling.stop)
-        self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         self._active.append(seq)
 
-    def _release(self, seq: _Sequence) -> None:
-        self._ll.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+    def _retire_locked(self, seq: _Sequence) -> None:
+        """Take `seq` out of the batch; its cells stay as the slot's prefix cache."""
+        self._active.remove(seq)
+        slot = seq.slot
+        assert slot is not None
+        slot.cached = seq.tokens_in_kv()
+        slot.last_used = time.perf_counter()
         if seq.sampler is not None:
             self._ll.llama_sampler_free(seq.sampler)
             seq.sampler = None
-        self._free_seq_ids.append(seq.seq_id)
 
-    def _drop_cancelled(self) -> None:
+    def _drop_cancelled_locked(self) -> None:
         for seq in [s for s in self._active if s.cancelled]:
-            self._active.remove(seq)
-            self._release(seq)
+            self._retire_locked(seq)
+        if any(s.cancelled for s in self._waiting):
+            self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+
+    def _end_all_locked(self, reason: FinishReason) -> None:
+        for seq in list(self._active):
+            text = seq.stops.feed(seq.utf8.flush()) if seq.stops else ""
+            text += seq.stops.flush() if seq.stops else ""
+            seq.emit(Chunk(text=text, finish_reason=reason,
+                           stats=self._stats(seq, time.perf_counter())))
+            self._retire_locked(seq)
+        for seq in self._waiting:
+            seq.emit(Chunk(finish_reason=reason, stats=ChunkStats(
+                prompt_tokens=len(seq.request.prompt_tokens))))
+        self._waiting.clear()
+        self._force_end = None
 
     def _step(self) -> None:
-        """One decode: prompt chunks for sequences still reading their prompt, one token for the
-        rest; then sample every sequence whose logits were computed."""
+        """One llama_decode: a token for every decoding sequence first, then prompt chunks for
+        prefilling ones (at most `prefill_chunk` tokens while others decode, so a long prompt
+        never stalls the running streams for long); then sample where logits were computed."""
         batch = self._batch
-        budget = self.batch_size
         n = 0
         sample_at: list[tuple[_Sequence, int]] = []  # (sequence, batch index of its logits)
-        for seq in self._active:
+        active = list(self._active)
+        decoding = [s for s in active if not s.prefilling]
+        for seq in decoding:
+            self._batch_add(n, seq.generated[-1], seq.n_past, seq.slot.seq_id, True)
+            sample_at.append((seq, n))
+            seq.n_past += 1
+            n += 1
+        budget = self.batch_size - n
+        if decoding:
+            budget = min(budget, self.prefill_chunk)
+        for seq in active:
+            if not seq.prefilling or budget <= 0:
+                continue
             prompt = seq.request.prompt_tokens
-            if seq.n_prompt_done < len(prompt):
-                take = min(budget - n, len(prompt) - seq.n_prompt_done)
-                if take <= 0:
-                    continue
-                for j in range(take):
-                    self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j,
-                                    seq.seq_id, False)
-                n += take
-                seq.n_past += take
-                seq.n_prompt_done += take
-                if seq.n_prompt_done == len(prompt):
-                    batch.logits[n - 1] = True
-                    sample_at.append((seq, n - 1))
-            elif n < budget:
-                self._batch_add(n, seq.last_token, seq.n_past, seq.seq_id, True)
-                sample_at.append((seq, n))
-                seq.n_past += 1
-                n += 1
+            left = len(prompt) - seq.n_prompt_done
+            # The last prompt token always goes in a step of its own (with other sequences'
+            # decode tokens, if any): its logits then come out the same whether the prefix was
+            # computed now or reused from the cache, so a seed reproduces its output.
+            take = min(budget, left - 1 if left > 1 else 1)
+            for j in range(take):
+                self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j,
+                                seq.slot.seq_id, False)
+            n += take
+            budget -= take
+            seq.n_past += take
+            seq.n_prompt_done += take
+            if not seq.prefilling:
+                batch.logits[n - 1] = True
+                sample_at.append((seq, n - 1))
         batch.n_tokens = n
         rc = self._ll.llama_decode(self._ctx, batch)
         if rc != 0:
@@ -376,6 +555,8 @@ class LlamaCppEngine:
         b.logits[i] = logits
 
     def _sample(self, seq: _Sequence, idx: int) -> None:
+        if seq.cancelled:
+            return  # dropped at the next step; its logits are not worth sampling
         ll = self._ll
         req = seq.request
         logprob = None
@@ -385,8 +566,7 @@ class LlamaCppEngine:
         now = time.perf_counter()
         if seq.t_first is None:
             seq.t_first = now
-        seq.generated += 1
-        seq.last_token = token
+        seq.generated.append(token)
 
         chunk = Chunk(token_ids=[token])
         if logprob is not None:
@@ -399,7 +579,7 @@ class LlamaCppEngine:
             text = stops.feed(seq.utf8.flush())
         else:
             text = stops.feed(seq.utf8.feed(self.token_piece(token)))
-            if stops.matched is None and seq.generated >= seq.max_tokens:
+            if stops.matched is None and len(seq.generated) >= seq.max_tokens:
                 finish = "length"
                 text += stops.feed(seq.utf8.flush())
         if stops.matched is not None:
@@ -410,19 +590,21 @@ class LlamaCppEngine:
         if finish is not None:
             chunk.finish_reason = finish
             chunk.stats = self._stats(seq, now)
-            self._active.remove(seq)
-            self._release(seq)
+            with self._cond:
+                self._retire_locked(seq)
+                self._finish_times.append(now)
         seq.emit(chunk)
 
     def _stats(self, seq: _Sequence, now: float) -> ChunkStats:
-        assert seq.t_first is not None
-        decode_s = now - seq.t_first
+        first = seq.t_first if seq.t_first is not None else now
+        decode_s = now - first
         return ChunkStats(
             prompt_tokens=len(seq.request.prompt_tokens),
-            completion_tokens=seq.generated,
-            time_to_first_token_s=seq.t_first - seq.t_submit,
-            decode_tokens_per_s=(seq.generated - 1) / decode_s if decode_s > 0 else None,
-            queue_time_s=seq.t_start - seq.t_submit,
+            completion_tokens=len(seq.generated),
+            cached_prompt_tokens=seq.cached_prompt,
+            time_to_first_token_s=first - seq.t_submit if seq.t_first is not None else None,
+            decode_tokens_per_s=(len(seq.generated) - 1) / decode_s if decode_s > 0 else None,
+            queue_time_s=(seq.t_start or now) - seq.t_submit,
         )
 
     def _logprobs_at(self, idx: int, top_n: int):
@@ -480,6 +662,17 @@ class LlamaCppEngine:
         seed = sp.seed if sp.seed is not None else int.from_bytes(os.urandom(4), "little")
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
+
+
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def describe(path: str | Path) -> dict[str, object]:

@@ -81,7 +81,7 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(GemmakitError)
     async def _gemmakit(request: Request, e: GemmakitError) -> JSONResponse:
-        headers = getattr(e, "headers", None)
+        headers = e.headers
         if e.status == 500:
             rid = getattr(request.state, "request_id", "-")
             log.error("request %s failed: %s", rid, e.message)

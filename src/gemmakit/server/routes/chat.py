@@ -13,10 +13,12 @@ from gemmakit.server.routes.common import (
     new_id,
     now,
     service_for,
+    unless_disconnected,
     usage_dict,
 )
 from gemmakit.server.streaming import sse_response
 from gemmakit.service import Prepared, Service, Usage
+from gemmakit.types import Chunk
 
 router = APIRouter()
 
@@ -28,9 +30,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     rid = request.state.request_id
     prepared = service.prepare_chat(body.to_messages(), body.sampling(), rid)
     cid, created = new_id("chatcmpl"), now()
+    streams = service.start(prepared)  # 429/503 here, before any response starts
     if body.stream:
-        return sse_response(_events(service, prepared, body, cid, created), rid)
-    results, usage = await service.collect(prepared)
+        return sse_response(_events(service, prepared, streams, body, cid, created), rid)
+    outcome = await unless_disconnected(request, service.collect(prepared, streams))
+    if not isinstance(outcome, tuple):
+        return outcome
+    results, usage = outcome
     return {
         "id": cid, "object": "chat.completion", "created": created, "model": service.model_name,
         "choices": [{
@@ -43,8 +49,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     }
 
 
-async def _events(service: Service, prepared: Prepared, body: ChatCompletionRequest, cid: str,
-                  created: int) -> AsyncIterator[dict[str, Any]]:
+async def _events(service: Service, prepared: Prepared, streams: list[AsyncIterator[Chunk]],
+                  body: ChatCompletionRequest, cid: str, created: int) -> AsyncIterator[dict[str, Any]]:
     def frame(choices: list[dict[str, Any]], usage: dict[str, int] | None = None
               ) -> dict[str, Any]:
         out = {"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -58,7 +64,7 @@ async def _events(service: Service, prepared: Prepared, body: ChatCompletionRequ
         yield frame([{"index": i, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     completion_tokens = 0
-    async for i, chunk in service.stream(prepared):
+    async for i, chunk in service.stream(prepared, streams):
         completion_tokens += len(chunk.token_ids)
         if not (chunk.text or chunk.finish_reason or (body.logprobs and chunk.logprobs)):
             continue  # bytes of a character still incomplete: nothing to send yet

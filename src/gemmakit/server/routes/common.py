@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.responses import Response
 
 from gemmakit.errors import ModelNotFoundError, ServiceUnavailableError
 from gemmakit.service import Service, Usage
@@ -20,11 +23,10 @@ def service_for(request: Request, model: str) -> Service:
         raise ModelNotFoundError(f"The model '{model}' does not exist; this server serves "
                                  f"'{runtime.model_name}'.", param="model")
     if runtime.service is None:
-        err = ServiceUnavailableError("The model is still loading; retry shortly."
+        raise ServiceUnavailableError("The model is still loading; retry shortly."
                                       if runtime.load_error is None else
-                                      "The model failed to load; see the server log.")
-        err.headers = {"Retry-After": "1"}  # type: ignore[attr-defined]
-        raise err
+                                      "The model failed to load; see the server log.",
+                                      headers={"Retry-After": "1"})
     return runtime.service
 
 
@@ -58,3 +60,29 @@ def completion_logprobs(entries: list[TokenLogprob], text_offset: int = 0) -> di
             "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
             "text_offset": offsets}
+
+
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | Response:
+    """Await `work` (a non-streaming generation) but cancel it as soon as the client hangs up,
+    so its sequence leaves the batch instead of generating for nobody."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.create_task(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it

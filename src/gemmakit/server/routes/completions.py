@@ -13,10 +13,12 @@ from gemmakit.server.routes.common import (
     new_id,
     now,
     service_for,
+    unless_disconnected,
     usage_dict,
 )
 from gemmakit.server.streaming import sse_response
 from gemmakit.service import Prepared, Service, Usage
+from gemmakit.types import Chunk
 
 router = APIRouter()
 
@@ -28,9 +30,13 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     rid = request.state.request_id
     prepared = service.prepare_completion(body.prompts(), body.sampling(), rid)
     cid, created = new_id("cmpl"), now()
+    streams = service.start(prepared)  # 429/503 here, before any response starts
     if body.stream:
-        return sse_response(_events(service, prepared, body, cid, created), rid)
-    results, usage = await service.collect(prepared)
+        return sse_response(_events(service, prepared, streams, body, cid, created), rid)
+    outcome = await unless_disconnected(request, service.collect(prepared, streams))
+    if not isinstance(outcome, tuple):
+        return outcome
+    results, usage = outcome
     return {
         "id": cid, "object": "text_completion", "created": created, "model": service.model_name,
         "choices": [{
@@ -43,12 +49,12 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     }
 
 
-async def _events(service: Service, prepared: Prepared, body: CompletionRequest, cid: str,
-                  created: int) -> AsyncIterator[dict[str, Any]]:
+async def _events(service: Service, prepared: Prepared, streams: list[AsyncIterator[Chunk]],
+                  body: CompletionRequest, cid: str, created: int) -> AsyncIterator[dict[str, Any]]:
     want_logprobs = body.logprobs is not None
     offsets = [0] * len(prepared.requests)
     completion_tokens = 0
-    async for i, chunk in service.stream(prepared):
+    async for i, chunk in service.stream(prepared, streams):
         completion_tokens += len(chunk.token_ids)
         if not (chunk.text or chunk.finish_reason or (want_logprobs and chunk.logprobs)):
             continue
