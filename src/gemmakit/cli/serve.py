@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 from gemmakit.cli.common import load_settings, settings_flags
@@ -22,11 +23,35 @@ def run(ns: argparse.Namespace) -> int:
     except ImportError:
         print("gemmakit serve needs the server extra: pip install 'gemmakit[server]'")
         return 2
-    from gemmakit.server.app import app_from_settings
+    from gemmakit.server.app import app_from_settings, drain
 
     app = app_from_settings(settings)
     log.info("serving on http://%s:%d/v1 (model %s, engine %s)", settings.host, settings.port,
              settings.served_model_name or settings.model, settings.engine)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                h11_max_incomplete_event_size=64 * 1024)
+
+    class GracefulServer(uvicorn.Server):
+        """First SIGTERM/SIGINT: drain (see server.app.drain), then exit 0. A second signal
+        exits at once."""
+
+        draining = False
+
+        def handle_exit(self, sig: int, frame) -> None:  # called in the main thread
+            if self.draining:
+                self.force_exit = True
+                return
+            self.draining = True
+            log.info("signal %d: draining for up to %.0f s", sig, settings.shutdown_timeout)
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+        async def _drain(self) -> None:
+            await drain(app, settings.shutdown_timeout)
+            self.should_exit = True
+
+        async def serve(self, sockets=None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, timeout_graceful_shutdown=5)
+    GracefulServer(config).run()
     return 0

@@ -38,6 +38,19 @@ class Runtime:
     engine: Engine | None = None
     service: Service | None = None
     load_error: str | None = None
+    draining: bool = False
+    """Set on SIGTERM/SIGINT: new requests get 503 while in-flight ones finish."""
+
+
+async def drain(app: FastAPI, timeout: float) -> None:
+    """Graceful shutdown: stop taking requests (503 + Retry-After, /health 503), let in-flight
+    requests finish for up to `timeout` seconds, then end them with finish_reason "shutdown" —
+    every stream still gets its final event and [DONE]."""
+    runtime: Runtime = app.state.runtime
+    runtime.draining = True
+    engine = runtime.engine
+    if engine is not None and hasattr(engine, "drain"):
+        await engine.drain(timeout)
 
 
 class RequestContext:

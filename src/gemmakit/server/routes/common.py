@@ -19,6 +19,9 @@ from gemmakit.types import TokenLogprob
 def service_for(request: Request, model: str) -> Service:
     """The loaded service for `model`; 503 while loading, 404 for another model."""
     runtime = request.app.state.runtime
+    if runtime.draining:
+        raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
+                                      headers={"Retry-After": "5"})
     if model != runtime.model_name:
         raise ModelNotFoundError(f"The model '{model}' does not exist; this server serves "
                                  f"'{runtime.model_name}'.", param="model")

@@ -12,6 +12,9 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
+    if runtime.draining:
+        return JSONResponse({"status": "draining", "model": runtime.model_name}, status_code=503,
+                            headers={"Retry-After": "5"})
     if runtime.engine is None:
         status = "failed" if runtime.load_error else "loading"
         return JSONResponse({"status": status, "model": runtime.model_name}, status_code=503,

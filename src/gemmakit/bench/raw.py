@@ -1,0 +1,83 @@
+"""Raw llama-cpp-python batched greedy decoding: the physical reference for the llama.cpp engine.
+
+No server, no scheduler, no sampler chain: one `llama_batch` per step holding every sequence,
+argmax over each sequence's logits. The step schedule mirrors the engine's (all prompts but their
+last token, then the last tokens, then one token per sequence per step), so the two can be
+compared token for token — llama.cpp's kernels are not bit-exact across batch shapes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class RawBatch:
+    def __init__(self, model_path: str | Path, *, n_seq: int, context_length: int,
+                 threads: int, batch_size: int = 512) -> None:
+        import llama_cpp as ll
+
+        self.ll = ll
+        ll.llama_backend_init()
+        self.model = ll.llama_model_load_from_file(str(model_path).encode(),
+                                                   ll.llama_model_default_params())
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        p = ll.llama_context_default_params()
+        p.n_ctx = context_length * n_seq
+        p.n_seq_max = n_seq
+        p.kv_unified = False
+        p.swa_full = True
+        p.n_batch = p.n_ubatch = batch_size
+        p.n_threads = p.n_threads_batch = threads
+        p.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = ll.llama_init_from_model(self.model, p)
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.n_seq = n_seq
+        self.batch = ll.llama_batch_init(max(batch_size, n_seq), 0, n_seq)
+
+    def close(self) -> None:
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """items: (token, position, sequence id, wants logits)."""
+        b = self.batch
+        for i, (tok, pos, seq, logits) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(items)
+        rc = self.ll.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+
+    def _argmax(self, idx: int) -> int:
+        ptr = self.ll.llama_get_logits_ith(self.ctx, idx)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+
+    def greedy(self, prompts: Sequence[Sequence[int]], n_tokens: int
+               ) -> tuple[list[list[int]], list[float]]:
+        """Decode `n_tokens` greedily for every prompt together (no end-of-generation stop).
+        Returns the tokens per sequence and the wall time of each decode step."""
+        assert len(prompts) <= self.n_seq
+        self.ll.llama_memory_clear(self.mem, True)
+        out: list[list[int]] = [[] for _ in prompts]
+        step_times = []
+        t = time.perf_counter()
+        self._decode([(tok, pos, s, False) for s, p in enumerate(prompts)
+                      for pos, tok in enumerate(p[:-1])])
+        self._decode([(p[-1], len(p) - 1, s, True) for s, p in enumerate(prompts)])
+        for s in range(len(prompts)):
+            out[s].append(self._argmax(s))
+        step_times.append(time.perf_counter() - t)
+        for k in range(1, n_tokens):
+            t = time.perf_counter()
+            self._decode([(out[s][-1], len(p) + k - 1, s, True) for s, p in enumerate(prompts)])
+            for s in range(len(prompts)):
+                out[s].append(self._argmax(s))
+            step_times.append(time.perf_counter() - t)
+        return out, step_times
