@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "complete": "gemmakit.cli.complete",
     "models": "gemmakit.cli.models",
     "engines": "gemmakit.cli.engines",
+    "batch": "gemmakit.cli.batch",
     "bench": "gemmakit.bench.cli",
 }
 
