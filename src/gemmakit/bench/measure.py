@@ -50,6 +50,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Short-prompt requests for the HTTP time-to-first-token overhead.")
     p.add_argument("--skip-http", action="store_true", help="Skip the HTTP phase.")
     p.add_argument("--json", action="store_true", help="Print JSON only.")
+    g = p.add_argument_group("concurrency mode (continuous batching through the HTTP server)")
+    g.add_argument("--concurrency", metavar="LIST",
+                   help="Comma-separated concurrency levels, e.g. 1,2,4,8,16.")
+    g.add_argument("--requests-per-stream", type=int, default=2,
+                   help="Requests each concurrent client sends back to back.")
+    g.add_argument("--parallel", type=int, default=None,
+                   help="Server --parallel (default: the largest level).")
+    g.add_argument("--max-queue", type=int, default=None, help="Server --max-queue.")
+    g.add_argument("--plot", metavar="PNG", help="Write a throughput/latency plot.")
 
 
 def _peak_rss_bytes() -> int:
@@ -317,6 +326,12 @@ def run(ns: argparse.Namespace) -> int:
            "prompt_tokens": ns.prompt_tokens, "gen_tokens": ns.gen_tokens,
            "repeats": ns.repeats, "ttft_requests": ns.ttft_requests}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
+    if ns.concurrency:
+        from gemmakit.bench.concurrency import run_concurrency
+
+        report = run_concurrency(ns, cfg, ref.name)
+        print(json.dumps(report, indent=2) if ns.json else _concurrency_table(report))
+        return 0
     res = measure(cfg, http=not ns.skip_http, log=log)
     bare, engine, http = res["bare_llama_cpp"], res["gemmakit_engine"], res["gemmakit_http"]
     # Paired: each round's gemmakit run over the bare run just before it, then the median —
@@ -375,3 +390,11 @@ def _print_table(r: dict[str, Any]) -> None:
         t.add_row("HTTP adds to TTFT, p50 (ms)", "", str(ra["http_added_ttft_p50_ms"]), "")
     Console().print(t)
     Console().print(r["targets"])
+
+
+def _concurrency_table(r: dict[str, Any]) -> str:
+    cols = ("concurrency", "aggregate_tokens_per_s", "raw_batched_tokens_per_s",
+            "gemmakit_over_raw", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
+            "itl_p99_s", "refused")
+    rows = ["\t".join(cols)] + ["\t".join(str(lv[c]) for c in cols) for lv in r["levels"]]
+    return "\n".join([*rows, json.dumps(r["targets"])])

@@ -1,0 +1,238 @@
+"""`gemmakit bench --concurrency 1,2,4,8,16`: the real HTTP server under concurrent streaming load,
+against raw llama-cpp-python batched decoding of the same number of sequences.
+
+Per level c: c clients each stream `--requests-per-stream` completions back to back (128 tokens,
+end-of-generation ignored, distinct prompts). Reported: aggregate decode tokens/s (all completion
+tokens / wall time of the level), time to first token p50/p99, time per output token p50/p99
+(per request: (last token time - first token time) / (tokens - 1)), inter-token latency p99 (gaps
+between consecutive streamed chunks, over all requests), and requests refused (429). The raw
+reference (`bench/raw.py`) runs in its own process just before each level, with nothing else
+running, as a physical ceiling for the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gemmakit.bench.measure import _FILLER, _free_port
+
+_TOPICS = ["the sea", "mountains", "a city at night", "old trains", "bread", "winter", "bees",
+           "a library", "the moon", "rivers", "chess", "gardens", "clocks", "storms", "tea",
+           "music"]
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _raw_level(cfg: dict[str, Any], c: int, prompts: list[list[int]]) -> float:
+    """Aggregate decode tokens/s of raw batched greedy decoding of c sequences."""
+    from gemmakit.bench.raw import RawBatch
+
+    raw = RawBatch(cfg["path"], n_seq=c, context_length=cfg["context_length"],
+                   threads=cfg["threads"])
+    try:
+        raw.greedy(prompts[:c], 4)  # warm-up
+        _, steps = raw.greedy(prompts[:c], cfg["gen_tokens"])
+    finally:
+        raw.close()
+    decode = steps[1:]  # step 0 holds the prefill
+    return c * len(decode) / sum(decode)
+
+
+def _in_process(fn, *args):
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+async def _http_level(base: str, c: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    ttft, tpot, itl = [], [], []
+    tokens = refused = errors = 0
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        nonlocal tokens, refused, errors
+        for j in range(cfg["requests_per_stream"]):
+            body = {"model": "bench", "max_tokens": cfg["gen_tokens"], "temperature": 0,
+                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+                    "prompt": f"A short essay about {_TOPICS[(k + j) % len(_TOPICS)]}: "}
+            t0 = time.perf_counter()
+            times: list[float] = []
+            n = 0
+            async with http.stream("POST", f"{base}/v1/completions", json=body) as r:
+                if r.status_code == 429:
+                    refused += 1
+                    await r.aread()
+                    continue
+                if r.status_code != 200:
+                    errors += 1
+                    await r.aread()
+                    continue
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    ev = json.loads(line[6:])
+                    if ev.get("usage"):
+                        n = ev["usage"]["completion_tokens"]
+                    elif ev["choices"]:
+                        times.append(time.perf_counter())
+            if not times:
+                errors += 1
+                continue
+            tokens += n
+            ttft.append(times[0] - t0)
+            if n > 1:
+                tpot.append((times[-1] - times[0]) / (n - 1))
+            itl.extend(b - a for a, b in zip(times, times[1:]))
+
+    limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=c + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, http) for k in range(c)))
+        wall = time.perf_counter() - t0
+    return {
+        "concurrency": c, "requests": c * cfg["requests_per_stream"], "refused": refused,
+        "errors": errors, "completion_tokens": tokens, "wall_s": round(wall, 3),
+        "aggregate_tokens_per_s": round(tokens / wall, 2),
+        "ttft_p50_s": _r(_pct(ttft, 0.5)), "ttft_p99_s": _r(_pct(ttft, 0.99)),
+        "tpot_p50_s": _r(_pct(tpot, 0.5)), "tpot_p99_s": _r(_pct(tpot, 0.99)),
+        "itl_p99_s": _r(_pct(itl, 0.99)),
+    }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
+    import subprocess
+
+    import httpx
+
+    levels = [int(x) for x in ns.concurrency.split(",") if x.strip()]
+    parallel = ns.parallel or max(levels)
+    cfg = {**cfg, "requests_per_stream": ns.requests_per_stream}
+    log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gemmakit", "serve", "--model", cfg["path"],
+           "--served-model-name", "bench", "--port", str(port), "--parallel", str(parallel),
+           "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
+           "--log-level", "warning"]
+    if ns.max_queue is not None:
+        cmd += ["--max-queue", str(ns.max_queue)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "GEMMAKIT_HOME": cfg["home"]},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    results = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the gemmakit server did not become healthy")
+            time.sleep(0.1)
+        httpx.post(f"{base}/v1/completions", json={"model": "bench", "prompt": "x",
+                                                   "max_tokens": 1}, timeout=60).raise_for_status()
+        prompts = [[2, *_filler_ids(cfg, k)] for k in range(max(levels))]
+        for c in levels:
+            log(f"bench: concurrency {c}: raw llama.cpp batched reference …")
+            raw = _in_process(_raw_level, cfg, c, prompts)
+            time.sleep(0.3)
+            log(f"bench: concurrency {c}: gemmakit HTTP …")
+            level = asyncio.run(_http_level(base, c, cfg))
+            level["raw_batched_tokens_per_s"] = round(raw, 2)
+            level["gemmakit_over_raw"] = round(level["aggregate_tokens_per_s"] / raw, 3)
+            results.append(level)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    by = {r["concurrency"]: r for r in results}
+    summary: dict[str, Any] = {"model": model_name, "parallel": parallel,
+                               "settings": {k: cfg[k] for k in ("threads", "context_length",
+                                                                "gen_tokens",
+                                                                "requests_per_stream")},
+                               "levels": results}
+    targets = {}
+    if 8 in by:
+        targets["agg_8_over_raw_8_ge_0.9"] = by[8]["gemmakit_over_raw"] >= 0.9
+        if 1 in by:
+            r = by[8]["aggregate_tokens_per_s"] / by[1]["aggregate_tokens_per_s"]
+            summary["agg_8_over_agg_1"] = round(r, 3)
+            targets["agg_8_over_agg_1_ge_1.8"] = r >= 1.8
+            ratio = by[8]["ttft_p99_s"] / by[1]["ttft_p50_s"]
+            summary["ttft_p99_8_over_ttft_p50_1"] = round(ratio, 3)
+            targets["ttft_p99_8_le_4x_ttft_p50_1"] = ratio <= 4.0
+    summary["targets"] = targets
+    if ns.plot:
+        _plot(results, Path(ns.plot))
+        summary["plot"] = str(ns.plot)
+    return summary
+
+
+def _filler_ids(cfg: dict[str, Any], k: int) -> list[int]:
+    """Distinct short prompts (~16 tokens) for the raw reference, tokenized by llama.cpp."""
+    import llama_cpp as ll
+
+    params = ll.llama_model_default_params()
+    params.vocab_only = True
+    model = ll.llama_model_load_from_file(cfg["path"].encode(), params)
+    try:
+        vocab = ll.llama_model_get_vocab(model)
+        text = f"A short essay about {_TOPICS[k % len(_TOPICS)]}: {_FILLER[:40]}".encode()
+        buf = (ll.llama_token * 256)()
+        n = ll.llama_tokenize(vocab, text, len(text), buf, 256, False, False)
+        return list(buf[:n])
+    finally:
+        ll.llama_model_free(model)
+
+
+def _plot(levels: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cs = [lv["concurrency"] for lv in levels]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a1.plot(cs, [lv["aggregate_tokens_per_s"] for lv in levels], "o-", label="gemmakit (HTTP)")
+    a1.plot(cs, [lv["raw_batched_tokens_per_s"] for lv in levels], "s--",
+            label="raw llama.cpp batched")
+    a1.set_xlabel("concurrent streams")
+    a1.set_ylabel("aggregate decode tokens/s")
+    a1.set_xscale("log", base=2)
+    a1.set_xticks(cs, [str(c) for c in cs])
+    a1.legend()
+    a1.grid(alpha=0.3)
+    for key, label in (("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"),
+                       ("tpot_p50_s", "TPOT p50"), ("itl_p99_s", "ITL p99")):
+        a2.plot(cs, [(lv[key] or 0) * 1000 for lv in levels], "o-", label=label)
+    a2.set_xlabel("concurrent streams")
+    a2.set_ylabel("milliseconds")
+    a2.set_xscale("log", base=2)
+    a2.set_yscale("log")
+    a2.set_xticks(cs, [str(c) for c in cs])
+    a2.legend()
+    a2.grid(alpha=0.3)
+    fig.suptitle("gemmakit continuous batching (Gemma 3 270M Q4_K_M, "
+                 f"{os.cpu_count()} CPU cores)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+

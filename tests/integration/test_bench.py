@@ -1,0 +1,43 @@
+"""`gemmakit bench` runs end to end and reports what it promises (figures are for the closing
+notes, measured on a quiet machine; here only their presence and consistency are checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_cli import gk
+
+pytestmark = pytest.mark.integration
+
+
+def test_single_stream_bench_json(gemmakit_home, model_path):
+    r = gk(gemmakit_home, "bench", "--json", "--repeats", "1", "--gen-tokens", "8",
+           "--prompt-tokens", "64", "--ttft-requests", "2", "--context-length", "512",
+           timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    for side in ("bare_llama_cpp", "gemmakit_engine"):
+        assert rep[side]["decode_tokens_per_s"] > 0 and rep[side]["prefill_tokens_per_s"] > 0
+        assert rep[side]["peak_rss_bytes"] > 100e6  # the model is mapped in
+    assert set(rep["ratios"]) >= {"decode_gemmakit_over_bare", "prefill_gemmakit_over_bare",
+                                  "http_added_ttft_p50_ms"}
+    assert set(rep["targets"]) == {"decode_ratio_ge_0.95", "prefill_ratio_ge_0.95",
+                                   "http_added_ttft_le_5ms"}
+
+
+def test_concurrency_bench_json_and_plot(gemmakit_home, model_path, tmp_path):
+    png = tmp_path / "bench.png"
+    r = gk(gemmakit_home, "bench", "--json", "--concurrency", "1,2", "--gen-tokens", "8",
+           "--requests-per-stream", "1", "--context-length", "256", "--plot", str(png),
+           timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert [lv["concurrency"] for lv in rep["levels"]] == [1, 2]
+    for lv in rep["levels"]:
+        assert lv["refused"] == 0 and lv["errors"] == 0
+        assert lv["completion_tokens"] == lv["concurrency"] * 8  # ignore_eos: exact
+        assert lv["raw_batched_tokens_per_s"] > 0 and lv["aggregate_tokens_per_s"] > 0
+        assert lv["ttft_p50_s"] <= lv["ttft_p99_s"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
