@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     """Most prompt tokens prefilled per step while other sequences are decoding (bounds their
     stall; a lone request prefills batch_size tokens per step)."""
 
+    prefix_cache: bool = True
+    """Reuse the KV cache of a finished request's prompt prefix (multi-turn chats, shared
+    system prompts) instead of recomputing it."""
+
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are ended
     with finish_reason "shutdown"."""

@@ -41,3 +41,13 @@ def test_concurrency_bench_json_and_plot(gemmakit_home, model_path, tmp_path):
         assert lv["raw_batched_tokens_per_s"] > 0 and lv["aggregate_tokens_per_s"] > 0
         assert lv["ttft_p50_s"] <= lv["ttft_p99_s"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prefix_reuse_bench(gemmakit_home, model_path):
+    r = gk(gemmakit_home, "bench", "--prefix-reuse", "--context-length", "1024", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert len(rep["turns"]) == 6
+    for t in rep["turns"][1:]:
+        # Everything but the new user turn comes from the cache.
+        assert t["cached_tokens"] >= t["prompt_tokens"] - 40

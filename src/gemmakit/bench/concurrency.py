@@ -115,9 +115,61 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
+def _start_server(cfg: dict[str, Any], *extra: str):
     import subprocess
 
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gemmakit", "serve", "--model", cfg["path"],
+           "--served-model-name", "bench", "--port", str(port),
+           "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
+           "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, env={**os.environ, "GEMMAKIT_HOME": cfg["home"]},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("the gemmakit server did not become healthy")
+        time.sleep(0.1)
+
+
+def _refusal_latency(cfg: dict[str, Any], n: int = 20) -> dict[str, Any]:
+    """A server with one slot and no queue, busy with one stream: how fast are others refused?"""
+    import httpx
+
+    proc, base = _start_server(cfg, "--parallel", "1", "--max-queue", "0")
+    try:
+        body = {"model": "bench", "prompt": "Once upon a time",
+                "max_tokens": cfg["context_length"] - 16,
+                "ignore_eos": True, "stream": True}
+        lat, statuses = [], []
+        with httpx.Client(timeout=60) as c, c.stream("POST", f"{base}/v1/completions",
+                                                     json=body) as busy:
+            lines = busy.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))  # it is generating
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = c.post(f"{base}/v1/completions",
+                           json={"model": "bench", "prompt": "Hi", "max_tokens": 2})
+                lat.append(time.perf_counter() - t0)
+                statuses.append(r.status_code)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"refusals": statuses.count(429), "requests": n,
+            "latency_p50_ms": round(_pct(lat, 0.5) * 1000, 2),
+            "latency_max_ms": round(max(lat) * 1000, 2)}
+
+
+def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
     import httpx
 
     levels = [int(x) for x in ns.concurrency.split(",") if x.strip()]
@@ -125,28 +177,12 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
     cfg = {**cfg, "requests_per_stream": ns.requests_per_stream}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
 
-    port = _free_port()
-    cmd = [sys.executable, "-m", "gemmakit", "serve", "--model", cfg["path"],
-           "--served-model-name", "bench", "--port", str(port), "--parallel", str(parallel),
-           "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
-           "--log-level", "warning"]
+    extra = ["--parallel", str(parallel)]
     if ns.max_queue is not None:
-        cmd += ["--max-queue", str(ns.max_queue)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "GEMMAKIT_HOME": cfg["home"]},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+        extra += ["--max-queue", str(ns.max_queue)]
+    proc, base = _start_server(cfg, *extra)
     results = []
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("the gemmakit server did not become healthy")
-            time.sleep(0.1)
         httpx.post(f"{base}/v1/completions", json={"model": "bench", "prompt": "x",
                                                    "max_tokens": 1}, timeout=60).raise_for_status()
         prompts = [[2, *_filler_ids(cfg, k)] for k in range(max(levels))]
@@ -178,6 +214,9 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
             ratio = by[8]["ttft_p99_s"] / by[1]["ttft_p50_s"]
             summary["ttft_p99_8_over_ttft_p50_1"] = round(ratio, 3)
             targets["ttft_p99_8_le_4x_ttft_p50_1"] = ratio <= 4.0
+    log("bench: refusal latency when full …")
+    summary["admission"] = _refusal_latency(cfg)
+    targets["refusals_le_100ms"] = summary["admission"]["latency_max_ms"] <= 100
     summary["targets"] = targets
     if ns.plot:
         _plot(results, Path(ns.plot))
@@ -187,8 +226,9 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
 
 def _filler_ids(cfg: dict[str, Any], k: int) -> list[int]:
     """Distinct short prompts (~16 tokens) for the raw reference, tokenized by llama.cpp."""
-    import llama_cpp as ll
+    from gemmakit.engines.llamacpp import _lib
 
+    ll = _lib()
     params = ll.llama_model_default_params()
     params.vocab_only = True
     model = ll.llama_model_load_from_file(cfg["path"].encode(), params)

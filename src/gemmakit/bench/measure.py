@@ -55,10 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Comma-separated concurrency levels, e.g. 1,2,4,8,16.")
     g.add_argument("--requests-per-stream", type=int, default=2,
                    help="Requests each concurrent client sends back to back.")
-    g.add_argument("--parallel", type=int, default=None,
-                   help="Server --parallel (default: the largest level).")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="gemmakit's --parallel (default: the serve default; with --concurrency: "
+                        "the largest level).")
     g.add_argument("--max-queue", type=int, default=None, help="Server --max-queue.")
     g.add_argument("--plot", metavar="PNG", help="Write a throughput/latency plot.")
+    p.add_argument("--prefix-reuse", action="store_true",
+                   help="Time to first token per turn of a multi-turn chat, prefix cache on/off.")
 
 
 def _peak_rss_bytes() -> int:
@@ -112,8 +115,10 @@ class _Engine:
         from gemmakit.engines.llamacpp import LlamaCppEngine
 
         self.loop = asyncio.new_event_loop()
+        # The serving configuration: the batching scheduler with `parallel` slots, one in use.
         self.eng = LlamaCppEngine(cfg["path"], context_length=cfg["context_length"],
-                                  threads=cfg["threads"], batch_size=cfg["batch_size"])
+                                  threads=cfg["threads"], batch_size=cfg["batch_size"],
+                                  parallel=cfg["parallel"])
 
     def tokenize(self, text: str) -> list[int]:
         return self.eng.tokenize(text)
@@ -202,7 +207,8 @@ class _Http:
         cmd = [sys.executable, "-m", "gemmakit", "serve", "--model", cfg["path"],
                "--served-model-name", "bench", "--port", str(port),
                "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
-               "--batch-size", str(cfg["batch_size"]), "--log-level", "warning"]
+               "--batch-size", str(cfg["batch_size"]), "--parallel", str(cfg["parallel"]),
+               "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{port}"
@@ -324,8 +330,14 @@ def run(ns: argparse.Namespace) -> int:
     cfg = {"path": str(ref.path), "home": str(settings.home), "threads": ns.threads,
            "context_length": ns.context_length, "batch_size": ns.batch_size,
            "prompt_tokens": ns.prompt_tokens, "gen_tokens": ns.gen_tokens,
-           "repeats": ns.repeats, "ttft_requests": ns.ttft_requests}
+           "repeats": ns.repeats, "ttft_requests": ns.ttft_requests,
+           "parallel": ns.parallel or settings.parallel}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
+    if ns.prefix_reuse:
+        from gemmakit.bench.prefix import run_prefix
+
+        print(json.dumps(run_prefix(cfg), indent=2))
+        return 0
     if ns.concurrency:
         from gemmakit.bench.concurrency import run_concurrency
 
@@ -355,7 +367,7 @@ def run(ns: argparse.Namespace) -> int:
                     "python": platform.python_version()},
         "settings": {k: cfg[k] for k in ("threads", "context_length", "batch_size",
                                          "prompt_tokens", "gen_tokens", "repeats",
-                                         "ttft_requests")},
+                                         "ttft_requests", "parallel")},
         **res,
         "ratios": ratios,
         "targets": {

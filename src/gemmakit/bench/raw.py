@@ -18,10 +18,10 @@ import numpy as np
 class RawBatch:
     def __init__(self, model_path: str | Path, *, n_seq: int, context_length: int,
                  threads: int, batch_size: int = 512) -> None:
-        import llama_cpp as ll
+        from gemmakit.engines.llamacpp import _lib
 
+        ll = _lib()  # llama_cpp, with its log routed into Python logging
         self.ll = ll
-        ll.llama_backend_init()
         self.model = ll.llama_model_load_from_file(str(model_path).encode(),
                                                    ll.llama_model_default_params())
         self.vocab = ll.llama_model_get_vocab(self.model)

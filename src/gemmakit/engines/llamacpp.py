@@ -210,13 +210,14 @@ class LlamaCppEngine:
 
     def __init__(self, model_path: str | Path, *, context_length: int | None = None,
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
-                 max_queue: int = 64, prefill_chunk: int = 128,
+                 max_queue: int = 64, prefill_chunk: int = 128, prefix_cache: bool = True,
                  flash_attention: bool = False) -> None:
         ll = _lib()
         self._ll = ll
         self.model_path = Path(model_path)
         self.parallel = parallel
         self.max_queue = max_queue
+        self.prefix_cache = prefix_cache
         self.prefill_chunk = max(1, min(prefill_chunk, batch_size))
         self.threads = threads or os.cpu_count() or 1
         self.capabilities = Capabilities(text=True, batching=True)
@@ -284,7 +285,7 @@ class LlamaCppEngine:
         return cls(model.path, context_length=settings.context_length,
                    threads=settings.threads, batch_size=settings.batch_size,
                    parallel=settings.parallel, max_queue=settings.max_queue,
-                   prefill_chunk=settings.prefill_chunk)
+                   prefill_chunk=settings.prefill_chunk, prefix_cache=settings.prefix_cache)
 
     # --- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
@@ -456,7 +457,7 @@ class LlamaCppEngine:
         for slot in self._slots:
             if slot.seq_id in busy:
                 continue
-            n = _common_prefix(slot.cached, prompt)
+            n = _common_prefix(slot.cached, prompt) if self.prefix_cache else 0
             if n > best_len or (n == best_len and best is not None
                                 and slot.last_used < best.last_used):
                 best, best_len = slot, n
