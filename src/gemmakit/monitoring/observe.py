@@ -54,10 +54,14 @@ class ObservedService(Service):
             async for item in super().stream(prepared):
                 yield item
             return
-        obs.reached_engine = True
-        obs.prompt_tokens += prepared.prompt_tokens
+        started = False
         try:
             async for i, chunk in super().stream(prepared):
+                if not started:
+                    # The engine has taken the prompt: from here its tokens count (a request
+                    # refused or failed before this point processed none).
+                    started = obs.reached_engine = True
+                    obs.prompt_tokens += prepared.prompt_tokens
                 obs.generation_tokens += len(chunk.token_ids)
                 if chunk.finish_reason is not None and chunk.stats is not None:
                     obs.sequences.append(chunk.stats)
