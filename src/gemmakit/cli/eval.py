@@ -46,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
         importlib.import_module(_TOOLS_MODULE).add_arguments(t)
         t.set_defaults(_eval=_run_tools)
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name not in ("gemmakit.tools", _TOOLS_MODULE):
+            raise  # the module is there but broken: say so, do not hide it
         t.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         t.set_defaults(_eval=_tools_missing)
 
