@@ -68,11 +68,13 @@ class Monitor:
     def summary(self, window_seconds: float) -> dict[str, Any]:
         """Live figures for the dashboard."""
         h = self.engine_health()
+        uptime = time.time() - self.started
+        # A window longer than the server has run covers only the uptime: rates divide by that.
+        span = max(1e-3, min(window_seconds, uptime))
         return {
-            "model": self.runtime.model_name, "time": time.time(),
-            "uptime_seconds": time.time() - self.started,
+            "model": self.runtime.model_name, "time": time.time(), "uptime_seconds": uptime,
             "loaded": self.runtime.engine is not None,
-            **vars(self.window.summary(window_seconds)),
+            **vars(self.window.summary(span)),
             "requests_running": h.requests_running if h else 0,
             "requests_waiting": h.requests_waiting if h else 0,
             "kv_cache_usage_ratio": h.kv_cache_usage_ratio if h else None,
