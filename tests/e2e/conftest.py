@@ -8,10 +8,17 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import gemmakit_home, model_path, server  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    Server,
+    gemmakit_home,
+    model_path,
+    start_server,
+    stop_server,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -55,3 +62,27 @@ def browser() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+# An alert that fires as soon as a request has been answered (any latency is above 1 µs), so the
+# page must show it once the playground has been used.
+ALERTS_TOML = """
+[monitoring]
+evaluate_every_seconds = 0.5
+[[monitoring.alerts]]
+name = "any-latency"
+metric = "e2e_p95_seconds"
+above = 0.000001
+window_seconds = 600
+"""
+
+
+@pytest.fixture(scope="session")
+def dashboard_server(gemmakit_home: Path, model_path: Path,  # noqa: F811
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("dashboard-server")
+    config = tmp / "gemmakit.toml"
+    config.write_text(ALERTS_TOML)
+    s = start_server(gemmakit_home, tmp, "--config", str(config))
+    yield s
+    stop_server(s)

@@ -1,5 +1,6 @@
 """The dashboard in real headless Chromium against the real server: the page loads with no
-resource from outside, the charts update, and a playground message streams a reply."""
+resource from outside, a playground message streams a reply, the charts update and the alert that
+request sets off appears."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def _artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_dashboard_streams_a_reply_and_updates_charts(browser, server, tmp_path_factory):
+def test_dashboard_streams_a_reply_and_updates_charts(browser, dashboard_server,
+                                                      tmp_path_factory):
+    server = dashboard_server
     driver = browser
     driver.get(f"{server.base_url}/dashboard")
     wait = WebDriverWait(driver, 60, poll_frequency=0.1)
@@ -35,6 +38,7 @@ def test_dashboard_streams_a_reply_and_updates_charts(browser, server, tmp_path_
         "return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(server.base_url) for u in urls), urls
     assert driver.execute_script("return typeof uPlot") == "function"
+    assert driver.find_element(By.ID, "alerts").text == "No active alerts"
     before = driver.execute_script("return window.gemmakitDashboard.points")
 
     # Watch the output grow: record every distinct text the reply shows while it streams.
@@ -65,6 +69,8 @@ def test_dashboard_streams_a_reply_and_updates_charts(browser, server, tmp_path_
         "return window.gemmakitDashboard.data['chart-latency'][0].length")
     assert n_points >= 3
     assert driver.find_element(By.ID, "t-requests").text != "–"
+    # The alert the request set off shows on the page.
+    wait.until(lambda d: "any-latency" in d.find_element(By.ID, "alerts").text)
     # What the page shows agrees with the server's own counters.
     metrics = httpx.get(f"{server.base_url}/metrics").text
     assert 'gemmakit_requests_total{model="gemma-3-270m",status="200"}' in metrics
