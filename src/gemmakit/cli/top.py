@@ -26,10 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scrape(client, url: str) -> Scrape:
+    import httpx
+
     from gemmakit.errors import ServiceUnavailableError
     from gemmakit.monitoring.scrape import parse
-
-    import httpx
 
     try:
         r = client.get(f"{url.rstrip('/')}/metrics")

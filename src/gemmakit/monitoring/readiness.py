@@ -43,7 +43,8 @@ class ReadinessProbe:
 
     async def check(self, service: Service) -> ProbeResult:
         last = self._last
-        if last is not None and self.clock() - last.checked_mono < self.settings.ready_cache_seconds:
+        fresh = self.settings.ready_cache_seconds
+        if last is not None and self.clock() - last.checked_mono < fresh:
             return last
         if self._running is None or self._running.done():
             # Its own task: a client that hangs up cannot cancel a probe others wait for.
