@@ -65,6 +65,7 @@ async function poll() {
   const win = $("window").value;
   try {
     const r = await fetch(`/v1/monitoring/summary?window=${win}`, { headers: authHeaders() });
+    if (r.status === 401) throw new Error("HTTP 401: the server needs an API key, enter it above");
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const s = await r.json();
     state.last = s;
