@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from gemmakit.errors import ConfigError
+from gemmakit.monitoring.config import MonitoringSettings
 
 
 def default_home() -> Path:
@@ -86,6 +87,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted request body in bytes (larger bodies get 413)."""
+
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    """Readiness probe, alert rules and webhook (TOML section [monitoring])."""
 
     @classmethod
     def settings_customise_sources(

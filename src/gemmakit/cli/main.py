@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "engines": "gemmakit.cli.engines",
     "batch": "gemmakit.cli.batch",
     "bench": "gemmakit.bench.cli",
+    "top": "gemmakit.cli.top",
+    "eval": "gemmakit.cli.eval",
 }
 
 

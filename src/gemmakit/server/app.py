@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemmakit.engines.base import Engine
+from gemmakit.monitoring import monitor as monitoring
+from gemmakit.monitoring.observe import ObservedService
 from gemmakit.server import errors
 from gemmakit.server.errors import error_body, internal_error_body
 from gemmakit.server.routes import chat, completions, health, models
@@ -135,7 +137,7 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
         t0 = time.perf_counter()
         try:
             engine = await asyncio.to_thread(load_engine)
-            runtime.service = Service(engine, model_name)
+            runtime.service = ObservedService(engine, model_name)  # reports to monitoring
             runtime.engine = engine
         except Exception as e:
             runtime.load_error = type(e).__name__
@@ -163,6 +165,7 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     errors.install(app)
     for r in (chat.router, completions.router, models.router, health.router):
         app.include_router(r)
+    monitoring.install(app, runtime, settings.monitoring)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -1,0 +1,1 @@
+"""Quality evaluation (`gemmakit eval quality`): JSONL suites, scorers, targets and reports."""

@@ -1,0 +1,114 @@
+"""Prometheus metrics (prometheus-client), one registry per app.
+
+Names follow vLLM's where vLLM has one (`*_time_to_first_token_seconds`, `*_e2e_request_latency_
+seconds`, …) so existing dashboards and alert rules carry over. Token counters are incremented
+from the same numbers the responses' `usage` reports; engine gauges are read from
+`engine.health()` at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gemmakit.types import ChunkStats, EngineHealth
+
+# Seconds; dense below a second, where a 270M model on a CPU lives, sparse up to minutes.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+                    1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+                 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768,
+                  65536, 131072)
+
+
+class EngineGauges(Collector):
+    """Scheduler and cache gauges, read from the engine when scraped."""
+
+    def __init__(self, model: str, health: Callable[[], EngineHealth | None]) -> None:
+        self.model = model
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.health()
+        running = GaugeMetricFamily("gemmakit_requests_running",
+                                    "Sequences being generated now.", labels=["model"])
+        waiting = GaugeMetricFamily("gemmakit_requests_waiting",
+                                    "Sequences queued for the engine.", labels=["model"])
+        running.add_metric([self.model], h.requests_running if h else 0)
+        waiting.add_metric([self.model], h.requests_waiting if h else 0)
+        yield running
+        yield waiting
+        kv = GaugeMetricFamily("gemmakit_kv_cache_usage_ratio",
+                               "Share of the KV cache in use (0..1), where the engine knows it.",
+                               labels=["model"])
+        if h is not None and h.kv_cache_usage_ratio is not None:
+            kv.add_metric([self.model], h.kv_cache_usage_ratio)
+        yield kv
+
+
+class Metrics:
+    """The metric families of one served model."""
+
+    def __init__(self, model: str, health: Callable[[], EngineHealth | None]) -> None:
+        self.model = model
+        self.registry = CollectorRegistry()
+        r = self.registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, … (Linux /proc)
+        ProcessCollector(registry=r)
+        r.register(EngineGauges(model, health))
+        m = ["model"]
+        self.ttft = Histogram("gemmakit_time_to_first_token_seconds",
+                              "Time from submission to the first generated token, per sequence.",
+                              m, buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("gemmakit_time_per_output_token_seconds",
+                              "Mean time per generated token after the first, per sequence.",
+                              m, buckets=_TPOT_BUCKETS, registry=r)
+        self.e2e = Histogram("gemmakit_e2e_request_latency_seconds",
+                             "Time from receiving a generation request to its last byte sent.",
+                             ["model", "status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("gemmakit_request_queue_time_seconds",
+                               "Time a sequence waited before the engine admitted it.",
+                               m, buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_hist = Histogram("gemmakit_request_prompt_tokens",
+                                     "Prompt tokens per request (as in its usage).",
+                                     m, buckets=_TOKEN_BUCKETS, registry=r)
+        self.gen_hist = Histogram("gemmakit_request_generation_tokens",
+                                  "Generated tokens per request, all choices (as in its usage).",
+                                  m, buckets=_TOKEN_BUCKETS, registry=r)
+        self.prompt_total = Counter("gemmakit_prompt_tokens",
+                                    "Prompt tokens processed (sum of the responses' usage).",
+                                    m, registry=r)
+        self.gen_total = Counter("gemmakit_generation_tokens",
+                                 "Tokens generated (sum of the responses' usage).", m, registry=r)
+        self.requests = Counter("gemmakit_requests",
+                                "Generation requests by HTTP status (refused and failed included).",
+                                ["model", "status"], registry=r)
+
+    def observe_sequence(self, stats: ChunkStats) -> None:
+        """One finished sequence (choice), from the stats on its final chunk."""
+        if stats.time_to_first_token_s is not None:
+            self.ttft.labels(self.model).observe(stats.time_to_first_token_s)
+        if stats.decode_tokens_per_s and stats.completion_tokens > 1:
+            self.tpot.labels(self.model).observe(1.0 / stats.decode_tokens_per_s)
+        if stats.queue_time_s is not None:
+            self.queue.labels(self.model).observe(stats.queue_time_s)
+
+    def observe_request(self, status: int, e2e_s: float, prompt_tokens: int,
+                        generation_tokens: int, reached_engine: bool) -> None:
+        self.requests.labels(self.model, str(status)).inc()
+        self.e2e.labels(self.model, str(status)).observe(e2e_s)
+        if reached_engine:
+            self.prompt_total.labels(self.model).inc(prompt_tokens)
+            self.gen_total.labels(self.model).inc(generation_tokens)
+            self.prompt_hist.labels(self.model).observe(prompt_tokens)
+            self.gen_hist.labels(self.model).observe(generation_tokens)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The text exposition format (or OpenMetrics, if the scraper asks for it)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

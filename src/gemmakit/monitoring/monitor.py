@@ -1,0 +1,107 @@
+"""The monitor of one served model: metrics, the request window, alerts and readiness, wired into
+the app by `install` (middleware, routes, start and stop with the app's lifespan)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from gemmakit.monitoring.alerts import AlertManager
+from gemmakit.monitoring.config import MonitoringSettings
+from gemmakit.monitoring.metrics import Metrics
+from gemmakit.monitoring.observe import ObservingMiddleware, RequestObservation
+from gemmakit.monitoring.readiness import ReadinessProbe
+from gemmakit.monitoring.window import RequestRecord, RequestWindow
+from gemmakit.types import EngineHealth
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def memory() -> dict[str, Any]:
+    """This process's resident memory and the machine's, in bytes."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {"rss_bytes": psutil.Process().memory_info().rss, "total_bytes": vm.total,
+            "available_bytes": vm.available}
+
+
+class Monitor:
+    def __init__(self, runtime: Any, settings: MonitoringSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.started = time.time()
+        self.metrics = Metrics(runtime.model_name, self.engine_health)
+        self.window = RequestWindow(max_seconds=max(
+            [settings.window_max_seconds, *(r.window_seconds for r in settings.alerts)]))
+        self.alerts = AlertManager(settings, self.window, model=runtime.model_name,
+                                   gauges=self.gauges)
+        self.readiness = ReadinessProbe(settings)
+
+    def engine_health(self) -> EngineHealth | None:
+        engine = self.runtime.engine
+        return engine.health() if engine is not None else None
+
+    def gauges(self) -> dict[str, float | None]:
+        h = self.engine_health()
+        return {"memory_rss_bytes": float(memory()["rss_bytes"]),
+                "queue_depth": float(h.requests_waiting) if h is not None else None}
+
+    def report(self, status: int, obs: RequestObservation) -> None:
+        """One generation request finished (called by the middleware; never raises into it)."""
+        e2e = time.perf_counter() - obs.t0
+        for stats in obs.sequences:
+            self.metrics.observe_sequence(stats)
+        self.metrics.observe_request(status, e2e, obs.prompt_tokens, obs.generation_tokens,
+                                     obs.reached_engine)
+        self.window.add(RequestRecord(
+            t=self.window.clock(), status=status, e2e_s=e2e, prompt_tokens=obs.prompt_tokens,
+            generation_tokens=obs.generation_tokens,
+            ttft_s=tuple(s.time_to_first_token_s for s in obs.sequences
+                         if s.time_to_first_token_s is not None),
+            decode_tokens_per_s=tuple(s.decode_tokens_per_s for s in obs.sequences
+                                      if s.decode_tokens_per_s and s.completion_tokens > 1)))
+
+    def summary(self, window_seconds: float) -> dict[str, Any]:
+        """Live figures for the dashboard."""
+        h = self.engine_health()
+        uptime = time.time() - self.started
+        # A window longer than the server has run covers only the uptime: rates divide by that.
+        span = max(1e-3, min(window_seconds, uptime))
+        return {
+            "model": self.runtime.model_name, "time": time.time(), "uptime_seconds": uptime,
+            "loaded": self.runtime.engine is not None,
+            **vars(self.window.summary(span)),
+            "requests_running": h.requests_running if h else 0,
+            "requests_waiting": h.requests_waiting if h else 0,
+            "kv_cache_usage_ratio": h.kv_cache_usage_ratio if h else None,
+            "memory": memory(),
+            "alerts": self.alerts.active(),
+        }
+
+
+def install(app: FastAPI, runtime: Any, settings: MonitoringSettings) -> Monitor:
+    """Attach monitoring to the app: observing middleware, routes, background alert evaluation."""
+    from gemmakit.server.routes import monitoring as routes
+
+    monitor = Monitor(runtime, settings)
+    app.state.monitor = monitor
+    app.add_middleware(ObservingMiddleware, report=monitor.report)
+    app.include_router(routes.router)
+    routes.mount_dashboard(app)
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
+        monitor.alerts.start()
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            await monitor.alerts.stop()
+
+    app.router.lifespan_context = lifespan
+    return monitor
