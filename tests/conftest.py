@@ -177,3 +177,14 @@ def make_client() -> Iterator[Callable[..., Any]]:
     yield factory
     for c in reversed(clients):
         c.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _private_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                  ) -> None:
+    """Apps built in tests keep their state (usage ledger, keys) in a temporary data directory,
+    never in the real one."""
+    import os
+
+    if "GEMMAKIT_HOME" not in os.environ:
+        monkeypatch.setenv("GEMMAKIT_HOME", str(tmp_path_factory.mktemp("home")))

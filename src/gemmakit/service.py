@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gemmakit.engines.base import Engine
@@ -36,6 +36,12 @@ class Prepared:
     requests: list[GenerationRequest]
     prompt_tokens: int  # summed over distinct prompts (OpenAI counts a prompt once for n choices)
     prompt_token_lists: list[list[int]] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    """Applied in order to each (choice index, chunk) (output policy, token accounting); a stage
+    that sets finish_reason ends that choice."""
+
+
+Stage = Callable[[int, Chunk], Awaitable[Chunk]]
 
 
 @dataclass
@@ -149,14 +155,14 @@ class Service:
         """Run every choice; yield (choice index, chunk) as chunks arrive. Closing the iterator
         (or cancelling its consumer) cancels every choice still running."""
         if len(prepared.requests) == 1:
-            async for chunk in self.engine.stream(prepared.requests[0]):
+            async for chunk in self._staged(prepared, 0):
                 yield 0, chunk
             return
         q: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
 
         async def pump(i: int, req: GenerationRequest) -> None:
             try:
-                async for chunk in self.engine.stream(req):
+                async for chunk in self._staged(prepared, i):
                     q.put_nowait((i, chunk))
             except Exception as e:
                 q.put_nowait((i, e))
@@ -179,6 +185,22 @@ class Service:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _staged(self, prepared: Prepared, i: int) -> AsyncIterator[Chunk]:
+        """Choice i's engine stream through the request's stages."""
+        chunks = self.engine.stream(prepared.requests[i])
+        if not prepared.stages:
+            async for chunk in chunks:
+                yield chunk
+            return
+        async with contextlib.aclosing(chunks):  # leaving early cancels the generation
+            async for chunk in chunks:
+                ended = chunk.finish_reason is not None
+                for stage in prepared.stages:
+                    chunk = await stage(i, chunk)
+                yield chunk
+                if chunk.finish_reason is not None and not ended:
+                    return
 
     async def collect(self, prepared: Prepared) -> tuple[list[ChoiceResult], Usage]:
         """Run to completion and assemble every choice (the non-streaming path)."""

@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "models": "gemmakit.cli.models",
     "engines": "gemmakit.cli.engines",
     "bench": "gemmakit.bench.cli",
+    "keys": "gemmakit.cli.keys",
+    "usage": "gemmakit.cli.usage",
 }
 
 

@@ -21,7 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gemmakit.engines.base import Engine
 from gemmakit.server import errors
 from gemmakit.server.errors import error_body, internal_error_body
-from gemmakit.server.routes import chat, completions, health, models
+from gemmakit.server.guard import Guard, Safety
+from gemmakit.server.routes import chat, completions, health, models, usage
 from gemmakit.server.streaming import dumps
 from gemmakit.service import Service
 from gemmakit.settings import Settings
@@ -117,6 +118,7 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     Without `settings`, they are loaded (environment, defaults) with `overrides` on top."""
     settings = settings if settings is not None else Settings.load(**overrides)
     runtime = Runtime(model_name=model_name)
+    safety = Safety.from_settings(settings)
 
     async def load() -> None:
         t0 = time.perf_counter()
@@ -142,14 +144,17 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
                 await task
             if runtime.engine is not None:
                 await runtime.engine.aclose()
+            await safety.aclose()
 
     app = FastAPI(title="gemmakit", summary="OpenAI-compatible server for Gemma models",
                   lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.safety = safety
     errors.install(app)
-    for r in (chat.router, completions.router, models.router, health.router):
+    for r in (chat.router, completions.router, models.router, health.router, usage.router):
         app.include_router(r)
+    app.add_middleware(Guard, safety=safety)  # inside RequestContext: it needs the request id
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gemmakit.server.guard import request_guard
 from gemmakit.server.protocol import CompletionRequest
 from gemmakit.server.routes.common import (
     completion_logprobs,
@@ -26,12 +27,16 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     service = service_for(request, body.model)
     body.check_supported()
     rid = request.state.request_id
-    prepared = service.prepare_completion(body.prompts(), body.sampling(), rid)
+    guard = request_guard(request)  # validation, input policy, TPM reservation, output policy
+    prompts = await guard.completion_input(body, service)
+    prepared = service.prepare_completion(prompts, body.sampling(), rid)
+    await guard.admit(prepared, service)
     cid, created = new_id("cmpl"), now()
     if body.stream:
-        return sse_response(_events(service, prepared, body, cid, created), rid)
+        return sse_response(guard.decorate_events(_events(service, prepared, body, cid, created)),
+                            rid)
     results, usage = await service.collect(prepared)
-    return {
+    return guard.decorate({
         "id": cid, "object": "text_completion", "created": created, "model": service.model_name,
         "choices": [{
             "index": r.index,
@@ -40,7 +45,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             "finish_reason": r.finish_reason,
         } for r in results],
         "usage": usage_dict(usage),
-    }
+    })
 
 
 async def _events(service: Service, prepared: Prepared, body: CompletionRequest, cid: str,
