@@ -109,14 +109,15 @@ class Policy:
         hold = len(text)
         found: list[tuple[int, int, int, _Rule]] = []
         for order, rule in enumerate(rules):
-            for m in rule.pattern.finditer(text, start, partial=not final):
-                if not final and (m.partial or m.end() == len(text)):
-                    hold = min(hold, m.start())  # may still grow: keep it for the next chunk
+            for m in rule.pattern.finditer(text, start):
+                if not final and m.end() == len(text):
+                    hold = min(hold, m.start())  # complete, but it may still grow
                     break
-                if m.end() == m.start():
-                    continue
-                if rule.check is None or rule.check(m.group(), self.region):
+                if m.end() > m.start() and (rule.check is None
+                                            or rule.check(m.group(), self.region)):
                     found.append((m.start(), -m.end(), order, rule))
+            if not final:
+                hold = min(hold, self._partial_start(rule.pattern, text, start, hold))
         found.sort(key=lambda f: (f[0], f[1], f[2]))
         out: list[tuple[Finding, _Rule]] = []
         last_end = start
@@ -130,6 +131,16 @@ class Policy:
         while out and out[-1][0].end > hold:
             hold = min(hold, out.pop()[0].start)
         return out, hold
+
+    @staticmethod
+    def _partial_start(pattern: Any, text: str, start: int, limit: int) -> int:
+        """The earliest position before `limit` from which the rest of `text` is the beginning
+        of a possible match (`regex` reports a complete match in preference to an earlier
+        partial one, so each start is asked directly); `limit` if there is none."""
+        for p in range(start, limit):
+            if pattern.fullmatch(text, p, partial=True) is not None:
+                return p
+        return limit
 
     def _rules(self, direction: Direction) -> list[_Rule]:
         return [r for r in self.rules if direction in r.directions]

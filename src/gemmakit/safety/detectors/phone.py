@@ -3,8 +3,8 @@ parentheses, separators), confirmed against the real numbering plans by `phonenu
 
 from __future__ import annotations
 
-PATTERN = (r"(?<![\w+/.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}"
-           r"(?![\w/-])")
+PATTERN = (r"(?<![\w+/.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
+           r"\d{1,5}(?:[ .-]?\d{2,5}){1,5}(?![\w/-])")
 
 
 def check(text: str, region: str) -> bool:
