@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gemmakit.errors import GemmakitError, InvalidRequestError
+from gemmakit.errors import InvalidRequestError
 from gemmakit.safety.auth import ApiKey, AuthenticationError, KeyStore, PermissionDeniedError
 from gemmakit.safety.auth import secret_from_headers
 from gemmakit.safety.media import MediaPolicy, resolve_url
@@ -444,4 +444,4 @@ async def _send_error(send: Send, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
-__all__ = ["Guard", "Safety", "Call", "request_guard", "GemmakitError"]
+__all__ = ["Guard", "Safety", "Call", "request_guard"]
