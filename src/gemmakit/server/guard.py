@@ -222,11 +222,11 @@ class Call:
                 raise RateLimitError(
                     f"This request may use up to {worst} tokens (prompt plus max_tokens), more "
                     f"than this key's limit of {limits.tpm} tokens per minute; lower max_tokens.",
-                    None)
+                    None, "tokens")
             if not d.allowed:
                 raise RateLimitError(f"Rate limit reached: {limits.tpm} tokens per minute for "
                                      f"this key. Retry after {d.retry_after_s:.1f} s.",
-                                     d.retry_after_s)
+                                     d.retry_after_s, "tokens")
             self.reserved_entry = entry
         prepared.stages.append(self.stage)
 

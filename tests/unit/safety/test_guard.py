@@ -135,7 +135,7 @@ def test_rpm_burst_at_twice_the_limit(secure, keys):
     assert codes.count(200) <= 10 * 1.05 and codes.count(200) >= 10
     assert set(codes) == {200, 429}
     r = c.get("/v1/models", headers=bearer(a))
-    assert_error(r, 429, "rate_limit_exceeded")
+    assert assert_error(r, 429, "rate_limit_exceeded")["type"] == "requests"
     assert int(r.headers["retry-after"]) >= 1
     assert r.headers["x-ratelimit-remaining-requests"] == "0"
     # the other key is unaffected
@@ -164,6 +164,7 @@ def test_tpm_burst_at_twice_the_limit_reserves_up_front(secure, keys, fake_engin
     assert 0 < used <= tpm * 1.05
     assert {r.status_code for r in rs} == {200, 429}
     limited = next(r for r in rs if r.status_code == 429)
+    assert limited.json()["error"]["type"] == "tokens"
     assert limited.headers["retry-after"] and "tokens per minute" in limited.json()["error"][
         "message"]
     assert ok[0].headers["x-ratelimit-limit-tokens"] == str(tpm)

@@ -68,11 +68,13 @@ class RateLimitStore(Protocol):
 
 class RateLimitError(GemmakitError):
     status = 429
-    type = "requests"
+    type = "requests"  # OpenAI's error type names the exhausted limit: requests or tokens
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None,
+                 kind: str = "requests") -> None:
         super().__init__(message)
+        self.type = kind
         self.headers = ({"Retry-After": str(max(1, round(retry_after_s + 0.499)))}
                         if retry_after_s is not None else {})
 
