@@ -16,6 +16,8 @@ added later are covered without edits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -392,11 +394,14 @@ class Guard:
                     return await _send_error(send_with_limits, status_code, payload, extra)
             await self.app(scope, replay, send_with_limits)
         finally:
-            try:
-                await call.finish(method, path, status, time.perf_counter() - t0,
-                                  hashlib.sha256(body).hexdigest()[:12], bytes(body))
-            except Exception:
-                log.exception("request %s: recording usage failed", rid)
+            # Shielded: a client that disconnects mid-stream cancels this task, but its tokens
+            # must still be booked against the key and written to the ledger.
+            done = asyncio.ensure_future(call.finish(
+                method, path, status, time.perf_counter() - t0,
+                hashlib.sha256(body).hexdigest()[:12], bytes(body)))
+            done.add_done_callback(_log_failure)
+            with contextlib.suppress(Exception):  # logged by _log_failure
+                await asyncio.shield(done)
 
     async def _admit_key(self, call: Call, headers: dict[bytes, bytes], method: str,
                          body: bytes) -> tuple[int, dict[str, Any], dict[str, str]] | None:
@@ -424,6 +429,11 @@ class Guard:
                                      d.retry_after_s)
                 return 429, gemmakit_error_body(err), err.headers
         return None
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("recording usage failed", exc_info=task.exception())
 
 
 def _model_of(body: bytes) -> str | None:
