@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -181,8 +181,6 @@ class Call:
                                       "reveal text its content policy masks.", param="logprobs")
 
     def _police_message(self, policy: Policy, i: int, m: ChatMsg) -> ChatMsg:
-        from dataclasses import replace
-
         if isinstance(m.content, str):
             return replace(m, content=policy.apply_input(m.content, f"messages[{i}].content",
                                                          self.input_hits, self.request_id))
