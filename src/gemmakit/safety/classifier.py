@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gemmakit.errors import ContextLengthExceededError, InvalidRequestError
 from gemmakit.safety.config import ClassifierConfig, Direction
 from gemmakit.types import Message, SamplingParams
 
@@ -59,8 +60,15 @@ class Classifier:
     async def judge(self, service: Service, content: str, direction: Direction) -> Verdict:
         prompt = _PROMPT[direction].format(content=content, policy=self.config.policy)
         sampling = SamplingParams(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
-        prepared = service.prepare_chat([Message("user", prompt)], sampling,
-                                        f"judge-{uuid.uuid4().hex[:12]}")
+        try:
+            prepared = service.prepare_chat([Message("user", prompt)], sampling,
+                                            f"judge-{uuid.uuid4().hex[:12]}")
+        except ContextLengthExceededError as e:
+            raise InvalidRequestError(
+                f"The content is too long for the content-policy judge: with its instructions "
+                f"it needs {e.prompt_tokens} tokens of a {e.context_length}-token context.",
+                param="messages" if direction == "input" else None,
+                code="context_length_exceeded") from None
         results, _ = await service.collect(prepared)
         first = results[0].logprobs[0] if results[0].logprobs else None
         yes = no = 0.0
