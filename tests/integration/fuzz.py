@@ -6,6 +6,7 @@ full campaign, from the repository root:
 
     python -m tests.integration.fuzz --cases 2000                     # the app, fake engine
     python -m tests.integration.fuzz --cases 2000 --engine llamacpp   # gemmakit serve, bundled model
+    python -m tests.integration.fuzz --engine llamacpp --max-seconds 600  # a time budget instead
 
 starts its own server (--auth, a content policy; with the bundled model a 256-token context, the
 smallest llama.cpp allows, bounds every generation) and prints the number of cases and of
@@ -58,9 +59,10 @@ def _strategy(op: Any, mode: Any, model: str | None) -> Any:
     return strategy.map(name_model)
 
 
-def run_fuzz(base_url: str, headers: dict[str, str], cases: int, seed: int = 0) -> FuzzReport:
+def run_fuzz(base_url: str, headers: dict[str, str], cases: int, seed: int = 0,
+             max_seconds: float | None = None) -> FuzzReport:
     """Run about `cases` generated requests against `base_url` (rounds of hypothesis examples per
-    operation and mode until the count is reached)."""
+    operation and mode until the count is reached, or `max_seconds` have passed)."""
     import hypothesis
     import hypothesis.errors
     import requests
@@ -75,8 +77,9 @@ def run_fuzz(base_url: str, headers: dict[str, str], cases: int, seed: int = 0) 
     session = requests.Session()
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     per = max(1, cases // (len(ops) * len(modes)))
+    deadline = time.monotonic() + max_seconds if max_seconds else float("inf")
     round_no = 0
-    while report.cases < cases and round_no < 50:
+    while report.cases < cases and round_no < 50 and time.monotonic() < deadline:
         for op in ops:
             for mode in modes:
                 budget = min(per, cases - report.cases)
@@ -89,6 +92,8 @@ def run_fuzz(base_url: str, headers: dict[str, str], cases: int, seed: int = 0) 
                                      suppress_health_check=list(hypothesis.HealthCheck))
                 @hypothesis.given(case=_strategy(op, mode, model))
                 def one(case: Any) -> None:
+                    if time.monotonic() >= deadline:
+                        return
                     try:
                         r = case.call(base_url=base_url, session=session, headers=headers,
                                       timeout=300)
@@ -175,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - the manual
     p.add_argument("--cases", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", choices=("fake", "llamacpp"), default="fake")
+    p.add_argument("--max-seconds", type=float, help="Stop after this long (report what ran).")
     ns = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         with fuzz_target(Path(tmp), ns.engine) as (base_url, headers):
-            report = run_fuzz(base_url, headers, ns.cases, ns.seed)
+            report = run_fuzz(base_url, headers, ns.cases, ns.seed, ns.max_seconds)
     print(json.dumps({"engine": ns.engine, "cases": report.cases,
                       "responses_5xx": report.n_server_errors,
                       "statuses": dict(sorted(report.statuses.items())),
