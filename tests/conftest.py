@@ -177,3 +177,65 @@ def make_client() -> Iterator[Callable[..., Any]]:
     yield factory
     for c in reversed(clients):
         c.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _private_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                  ) -> None:
+    """Apps built in tests keep their state (usage ledger, keys) in a temporary data directory,
+    never in the real one."""
+    import os
+
+    if "GEMMAKIT_HOME" not in os.environ:
+        monkeypatch.setenv("GEMMAKIT_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+def _install_redis_server() -> str | None:
+    """redis-server from the system package manager (CI runs as root); None if impossible."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None and shutil.which("apt-get") is not None:
+        for cmd in (["apt-get", "install", "-y", "-q", "redis-server"],
+                    ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "redis-server"]):
+            subprocess.run(cmd, capture_output=True, timeout=600,
+                           env={**__import__("os").environ, "DEBIAN_FRONTEND": "noninteractive"})
+            exe = shutil.which("redis-server")
+            if exe is not None:
+                break
+    return exe
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port for the session (installed if missing)."""
+    import socket
+    import subprocess
+
+    exe = _install_redis_server()
+    if exe is None:
+        pytest.skip("redis-server is not installed and cannot be installed here")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    _wait_until(lambda: _pings(client), timeout=20)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False

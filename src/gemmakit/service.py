@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gemmakit.engines.base import Engine
@@ -36,6 +36,12 @@ class Prepared:
     requests: list[GenerationRequest]
     prompt_tokens: int  # summed over distinct prompts (OpenAI counts a prompt once for n choices)
     prompt_token_lists: list[list[int]] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    """Applied in order to each (choice index, chunk) (output policy, token accounting); a stage
+    that sets finish_reason ends that choice."""
+
+
+Stage = Callable[[int, Chunk], Awaitable[Chunk]]
 
 
 @dataclass
@@ -156,12 +162,12 @@ class Service:
 
     async def stream(self, prepared: Prepared, streams: list[AsyncIterator[Chunk]] | None = None
                      ) -> AsyncIterator[tuple[int, Chunk]]:
-        """Yield (choice index, chunk) as chunks arrive. Closing the iterator (or cancelling its
-        consumer) cancels every choice still running."""
+        """Yield (choice index, chunk) as chunks arrive, through the request's stages. Closing
+        the iterator (or cancelling its consumer) cancels every choice still running."""
         streams = streams if streams is not None else self.start(prepared)
         if len(streams) == 1:
             try:
-                async for chunk in streams[0]:
+                async for chunk in self._staged(prepared, 0, streams[0]):
                     yield 0, chunk
             finally:
                 await _close(streams[0])
@@ -170,7 +176,7 @@ class Service:
 
         async def pump(i: int, s: AsyncIterator[Chunk]) -> None:
             try:
-                async for chunk in s:
+                async for chunk in self._staged(prepared, i, s):
                     q.put_nowait((i, chunk))
             except Exception as e:
                 q.put_nowait((i, e))
@@ -194,6 +200,22 @@ class Service:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _staged(self, prepared: Prepared, i: int, chunks: AsyncIterator[Chunk]
+                      ) -> AsyncIterator[Chunk]:
+        """Choice i's engine stream through the request's stages (a stage may end it early:
+        the caller then closes the engine stream, which cancels the generation)."""
+        if not prepared.stages:
+            async for chunk in chunks:
+                yield chunk
+            return
+        async for chunk in chunks:
+            ended = chunk.finish_reason is not None
+            for stage in prepared.stages:
+                chunk = await stage(i, chunk)
+            yield chunk
+            if chunk.finish_reason is not None and not ended:
+                return
 
     async def collect(self, prepared: Prepared, streams: list[AsyncIterator[Chunk]] | None = None
                       ) -> tuple[list[ChoiceResult], Usage]:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,8 +18,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from gemmakit.errors import ConfigError
+from gemmakit.errors import ConfigError, GemmakitError
 from gemmakit.monitoring.config import MonitoringSettings
+from gemmakit.safety.config import PolicyConfig
 
 
 def default_home() -> Path:
@@ -90,6 +91,81 @@ class Settings(BaseSettings):
 
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     """Readiness probe, alert rules and webhook (TOML section [monitoring])."""
+
+    # --- security: keys, limits, validation, policy, privacy (docs/security.md) -------------
+    auth: bool = False
+    """Require an API key (`gemmakit keys create`) on every /v1/* and admin route."""
+
+    metrics_auth: bool = False
+    """With --auth, require a key on /metrics too (public by default, for scrapers)."""
+
+    ratelimit_store: str = "memory"
+    """Where per-key rate-limit windows live: memory (this process) or redis://HOST:PORT/DB
+    (shared by every replica using the same Redis)."""
+
+    usage_ledger: bool = True
+    """Record every API request (key, model, tokens, status, latency; never content) in the
+    usage ledger under the data directory."""
+
+    log_content: bool = False
+    """Log prompt and completion text (debugging only: the logs then hold private data)."""
+
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest accepted total size of the request headers in bytes (larger gets 431)."""
+
+    max_messages: int = Field(default=512, ge=1)
+    """Most messages in a chat request (or prompts in a completion request)."""
+
+    max_message_chars: int = Field(default=400_000, ge=1)
+    """Most characters of text in one message (or one prompt)."""
+
+    max_total_chars: int = Field(default=2_000_000, ge=1)
+    """Most characters of text in a whole request."""
+
+    max_content_parts: int = Field(default=64, ge=1)
+    """Most content parts in one message."""
+
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    """Largest image (decoded, or fetched with --allow-remote-media) in bytes."""
+
+    max_audio_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    """Largest audio clip (decoded) in bytes."""
+
+    allowed_roles: list[Literal["system", "developer", "user", "assistant", "tool"]] = Field(
+        default_factory=lambda: ["system", "developer", "user", "assistant", "tool"])
+    """Message roles the server accepts (repeat the flag for each)."""
+
+    allowed_content_types: list[Literal["text", "image_url", "input_audio"]] = Field(
+        default_factory=lambda: ["text", "image_url", "input_audio"])
+    """Content part types the server accepts (repeat the flag for each)."""
+
+    allow_remote_media: bool = False
+    """Fetch http(s) image URLs named in requests (off: data: URLs only, which prevents SSRF)."""
+
+    remote_media_private: bool = False
+    """With --allow-remote-media, also fetch from loopback, private and link-local addresses."""
+
+    media_dir: Path | None = None
+    """Directory file:// media URLs may be read from (off: file URLs are refused)."""
+
+    model_dirs: list[Path] = Field(default_factory=list)
+    """Directories --model paths must lie in, after symlinks and '..' are resolved (repeat the
+    flag; none: any path the operator names)."""
+
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    """Content policy: the [policy] section of the config file (docs/security.md)."""
+
+    @model_validator(mode="after")
+    def _model_in_allowed_dirs(self) -> Settings:
+        # Checked before anything loads: a symlink or '..' cannot lead --model out of model_dirs.
+        if self.model_dirs and (Path(self.model).suffix or "/" in self.model):
+            from gemmakit.safety.paths import confine
+
+            try:
+                self.model = str(confine(self.model, self.model_dirs))
+            except GemmakitError as e:
+                raise ValueError(f"model: {e.message}") from None
+        return self
 
     @classmethod
     def settings_customise_sources(

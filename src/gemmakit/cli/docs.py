@@ -18,11 +18,11 @@ def render() -> str:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, p in sub.choices.items():
         out += [f"## gemmakit {name}", "", "```", p.format_help().rstrip(), "```", ""]
-        for action in p._actions:  # commands with their own subcommands (gemmakit eval …)
-            if isinstance(action, argparse._SubParsersAction):
-                for sub_name, sp in action.choices.items():
-                    out += [f"### gemmakit {name} {sub_name}", "", "```",
-                            sp.format_help().rstrip(), "```", ""]
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:  # e.g. gemmakit keys create|list|revoke|rotate
+            for sub_name, sp in action.choices.items():
+                out += [f"### gemmakit {name} {sub_name}", "", "```",
+                        sp.format_help().rstrip(), "```", ""]
     return "\n".join(out)
 
 

@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "bench": "gemmakit.bench.cli",
     "top": "gemmakit.cli.top",
     "eval": "gemmakit.cli.eval",
+    "keys": "gemmakit.cli.keys",
+    "usage": "gemmakit.cli.usage",
 }
 
 

@@ -23,7 +23,8 @@ from gemmakit.monitoring import monitor as monitoring
 from gemmakit.monitoring.observe import ObservedService
 from gemmakit.server import errors
 from gemmakit.server.errors import error_body, internal_error_body
-from gemmakit.server.routes import chat, completions, health, models
+from gemmakit.server.guard import Guard, Safety
+from gemmakit.server.routes import chat, completions, health, models, usage
 from gemmakit.server.streaming import dumps
 from gemmakit.service import Service
 from gemmakit.settings import Settings
@@ -132,6 +133,7 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     Without `settings`, they are loaded (environment, defaults) with `overrides` on top."""
     settings = settings if settings is not None else Settings.load(**overrides)
     runtime = Runtime(model_name=model_name)
+    safety = Safety.from_settings(settings)
 
     async def load() -> None:
         t0 = time.perf_counter()
@@ -157,14 +159,20 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
                 await task
             if runtime.engine is not None:
                 await runtime.engine.aclose()
+            await safety.aclose()
 
     app = FastAPI(title="gemmakit", summary="OpenAI-compatible server for Gemma models",
                   lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.safety = safety
     errors.install(app)
-    for r in (chat.router, completions.router, models.router, health.router):
+    for r in (chat.router, completions.router, models.router, health.router, usage.router):
         app.include_router(r)
+    # Middleware, innermost first: Guard (keys, limits, ledger) inside the monitoring observer
+    # (so refusals by the guard are counted with their status) inside RequestContext (request
+    # id, body limit), which every other layer relies on.
+    app.add_middleware(Guard, safety=safety)
     monitoring.install(app, runtime, settings.monitoring)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gemmakit.server.guard import request_guard
 from gemmakit.server.protocol import CompletionRequest
 from gemmakit.server.routes.common import (
     completion_logprobs,
@@ -28,16 +29,19 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     service = service_for(request, body.model)
     body.check_supported()
     rid = request.state.request_id
-    prepared = service.prepare_completion(body.prompts(), body.sampling(), rid)
+    guard = request_guard(request)  # validation, input policy, TPM reservation, output policy
+    prompts = await guard.completion_input(body, service)
+    prepared = service.prepare_completion(prompts, body.sampling(), rid)
+    streams = await guard.admit(prepared, service)  # 429/503 come before any response
     cid, created = new_id("cmpl"), now()
-    streams = service.start(prepared)  # 429/503 here, before any response starts
     if body.stream:
-        return sse_response(_events(service, prepared, streams, body, cid, created), rid)
+        return sse_response(guard.decorate_events(
+            _events(service, prepared, streams, body, cid, created)), rid)
     outcome = await unless_disconnected(request, service.collect(prepared, streams))
     if not isinstance(outcome, tuple):
         return outcome
     results, usage = outcome
-    return {
+    return guard.decorate({
         "id": cid, "object": "text_completion", "created": created, "model": service.model_name,
         "choices": [{
             "index": r.index,
@@ -46,7 +50,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             "finish_reason": r.finish_reason,
         } for r in results],
         "usage": usage_dict(usage),
-    }
+    })
 
 
 async def _events(service: Service, prepared: Prepared, streams: list[AsyncIterator[Chunk]],

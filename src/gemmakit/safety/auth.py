@@ -1,0 +1,203 @@
+"""API keys: created with a secret shown once, stored only as a sha256 hash, compared in constant
+time.
+
+A secret looks like `gk-<id>-<43 url-safe characters>` (256 random bits). The id is public (it is
+how a presented secret finds its row without scanning); the comparison that decides is
+`hmac.compare_digest` on the sha256 of the whole secret. sha256 is the right hash here: the secret
+has 256 bits of entropy, so a slow password hash would add latency and no security.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gemmakit.errors import GemmakitError, InvalidRequestError
+from gemmakit.safety.store import connect
+
+PREFIX = "gk-"
+_ID_CHARS = 12  # hex characters of the public id
+
+
+class AuthenticationError(GemmakitError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(GemmakitError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    rpm: int | None
+    tpm: int | None
+    models: tuple[str, ...] | None  # None: every model
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _new_secret() -> tuple[str, str]:
+    key_id = secrets.token_hex(_ID_CHARS // 2)
+    return key_id, f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+
+
+def parse_expiry(value: str | None) -> float | None:
+    """`2027-01-31` or an ISO date-time (UTC unless it names a zone) -> epoch seconds."""
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequestError(f"--expires: '{value}' is not a date (YYYY-MM-DD) or ISO "
+                                  "date-time", param="expires") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _row_to_key(row: sqlite3.Row) -> ApiKey:
+    models = row["models"]
+    return ApiKey(id=row["id"], name=row["name"], rpm=row["rpm"], tpm=row["tpm"],
+                  models=tuple(models.split(",")) if models is not None else None,
+                  created_at=row["created_at"], expires_at=row["expires_at"],
+                  last_used_at=row["last_used_at"], revoked_at=row["revoked_at"])
+
+
+class KeyStore:
+    """API keys in the SQLite store under the data directory."""
+
+    def __init__(self, home: Path) -> None:
+        self._conn = connect(home)
+        self._lock = threading.Lock()
+        self._touched: dict[str, float] = {}
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # --- administration (the `gemmakit keys` commands) ------------------------------------
+    def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
+               models: Sequence[str] | None = None, expires_at: float | None = None
+               ) -> tuple[ApiKey, str]:
+        """A new key; returns it with its secret, which is never stored or shown again."""
+        if not name or len(name) > 64 or not name.isprintable():
+            raise InvalidRequestError("a key name is 1 to 64 printable characters", param="name")
+        for flag, v in (("rpm", rpm), ("tpm", tpm)):
+            if v is not None and v < 1:
+                raise InvalidRequestError(f"--{flag} must be at least 1", param=flag)
+        model_list = [m.strip() for m in models or () if m.strip()] or None
+        key_id, secret = _new_secret()
+        now = time.time()
+        with self._lock:
+            if self._active_row(name) is not None:
+                raise InvalidRequestError(f"a key named '{name}' exists (revoke or rotate it)",
+                                          param="name")
+            self._conn.execute(
+                "INSERT INTO api_keys (id, name, secret_hash, rpm, tpm, models, expires_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key_id, name, hash_secret(secret), rpm, tpm,
+                 ",".join(model_list) if model_list else None, expires_at, now))
+        return self.get(name), secret  # type: ignore[return-value]
+
+    def rotate(self, name: str) -> tuple[ApiKey, str]:
+        """Replace a key's secret (same name and limits); the old secret stops working now."""
+        key_id, secret = _new_secret()
+        with self._lock:
+            row = self._active_row(name)
+            if row is None:
+                raise InvalidRequestError(f"no active key named '{name}'", param="name")
+            self._conn.execute("UPDATE api_keys SET id = ?, secret_hash = ?, last_used_at = NULL "
+                               "WHERE id = ?", (key_id, hash_secret(secret), row["id"]))
+        return self.get(name), secret  # type: ignore[return-value]
+
+    def revoke(self, name: str) -> ApiKey:
+        with self._lock:
+            row = self._active_row(name)
+            if row is None:
+                raise InvalidRequestError(f"no active key named '{name}'", param="name")
+            self._conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
+                               (time.time(), row["id"]))
+        return _row_to_key(self._conn.execute("SELECT * FROM api_keys WHERE id = ?",
+                                              (row["id"],)).fetchone())
+
+    def get(self, name: str) -> ApiKey | None:
+        row = self._active_row(name)
+        return _row_to_key(row) if row is not None else None
+
+    def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        sql = "SELECT * FROM api_keys"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        return [_row_to_key(r) for r in self._conn.execute(sql + " ORDER BY created_at")]
+
+    def _active_row(self, name: str) -> sqlite3.Row | None:
+        return self._conn.execute("SELECT * FROM api_keys WHERE name = ? AND revoked_at IS NULL",
+                                  (name,)).fetchone()
+
+    # --- the request path -------------------------------------------------------------------
+    def authenticate(self, secret: str | None) -> ApiKey:
+        """The key a presented secret belongs to; AuthenticationError otherwise. The error never
+        echoes the secret."""
+        if not secret:
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>' or "
+                                      "'x-api-key: <key>'.")
+        presented = hash_secret(secret)
+        key_id = secret[len(PREFIX):len(PREFIX) + _ID_CHARS] if secret.startswith(PREFIX) else ""
+        row = self._conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        # Compare even when no row matched, so timing does not tell a known id from an unknown one.
+        stored = row["secret_hash"] if row is not None else hash_secret(PREFIX)
+        if not hmac.compare_digest(stored, presented) or row is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        key = _row_to_key(row)
+        if key.revoked_at is not None:
+            raise AuthenticationError("This API key has been revoked.")
+        if key.expired():
+            raise AuthenticationError("This API key has expired.")
+        return key
+
+    def touch(self, key: ApiKey, now: float | None = None) -> None:
+        """Record use; written at most once a minute per key (`keys list` shows minutes)."""
+        now = now or time.time()
+        if now - self._touched.get(key.id, 0.0) < 60:
+            return
+        self._touched[key.id] = now
+        with self._lock:
+            self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key.id))
+
+
+def secret_from_headers(headers: Mapping[bytes, bytes]) -> str | None:
+    """The presented secret: `Authorization: Bearer <key>` or `x-api-key: <key>`."""
+    auth = headers.get(b"authorization")
+    if auth is not None:
+        scheme, _, value = auth.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = headers.get(b"x-api-key")
+    if api_key is not None and api_key.strip():
+        return api_key.decode("latin-1").strip()
+    return None
