@@ -100,6 +100,11 @@ class Service:
                                            param=f"messages[{i}].content[{j}]")
 
     def _check_fits(self, n_prompt: int, sampling: SamplingParams, param: str) -> None:
+        bad = [t for t in sampling.logit_bias if not 0 <= t < self.engine.n_vocab]
+        if bad:
+            raise InvalidRequestError(f"logit_bias names token id {bad[0]}, outside the "
+                                      f"vocabulary (0 to {self.engine.n_vocab - 1}).",
+                                      param="logit_bias")
         ctx = self.engine.context_length
         if n_prompt >= ctx or (sampling.max_tokens is not None
                                and n_prompt + sampling.max_tokens > ctx):

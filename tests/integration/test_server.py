@@ -237,3 +237,10 @@ def test_images_to_text_model_are_400_naming_the_part(client):
 def test_every_response_has_a_request_id(http):
     r = http.get("/v1/models")
     assert r.headers["x-request-id"].startswith("req-")
+
+
+def test_logit_bias_outside_the_vocabulary_is_400(client):
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=2,
+                                  logit_bias={"999999999": 5})
+    assert _error(ei)["param"] == "logit_bias"

@@ -254,6 +254,9 @@ class LlamaCppEngine:
             raise ConfigError("llama.cpp could not create a context (is the context too large "
                               "for memory?)")
         self.context_length = ll.llama_n_ctx_seq(self._ctx)
+        if self.context_length != per_seq:  # llama.cpp allocates the cache in blocks of 256
+            log.warning("context length %d rounded up to %d by llama.cpp", per_seq,
+                        self.context_length)
         self.batch_size = batch_size
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(batch_size, 0, parallel)
