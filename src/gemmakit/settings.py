@@ -67,6 +67,37 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted request body in bytes (larger bodies get 413)."""
 
+    profile: Literal["max-efficiency", "balanced", "performance"] | None = None
+    """Loading profile (transformers engine): max-efficiency (smallest weights), balanced or
+    performance; mapped per device, impossible combinations refused (docs/transformers.md)."""
+
+    allow_remote_media: bool = False
+    """Fetch http(s) image URLs in requests (off: only data: URLs and files under --media-dir)."""
+
+    media_dir: Path | None = None
+    """Directory from which requests may reference local image files (file:// URLs)."""
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    """Largest encoded image accepted, in bytes."""
+
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    """Most pixels (width x height) in an image; larger ones (decompression bombs) are refused."""
+
+    max_images: int = Field(default=8, ge=0)
+    """Most images in one request."""
+
+    max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    """Largest encoded audio clip accepted, in bytes."""
+
+    max_audio_seconds: float = Field(default=30.0, gt=0)
+    """Longest audio clip accepted, in seconds (Gemma 3n reads at most 30 s per clip)."""
+
+    max_audio_clips: int = Field(default=4, ge=0)
+    """Most audio clips in one request."""
+
+    pan_and_scan: bool = False
+    """Gemma 3 images: also feed crops of non-square images (more image tokens, finer detail)."""
+
     @classmethod
     def settings_customise_sources(
         cls,
