@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "models": "gemmakit.cli.models",
     "engines": "gemmakit.cli.engines",
     "bench": "gemmakit.bench.cli",
+    "tiny-model": "gemmakit.cli.tiny_model",
 }
 
 

@@ -102,3 +102,27 @@ def _convert(gguf: Path, target: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %s in %.1f s", gguf.name, time.perf_counter() - t0)
+
+
+def tokenizer_from_gguf(gguf: Path, home: Path) -> Path:
+    """A folder with the tokenizer extracted from `gguf` (cached like the dense conversion; the
+    extraction parses the GGUF's vocabulary in Python, ~20 s)."""
+    dense = cache_dir_for(gguf, home)
+    if (dense / _STAMP).is_file():
+        return dense
+    target = dense.with_name(dense.name + "-tokenizer")
+    if (target / "tokenizer.json").is_file():
+        return target
+    with _lock(target.with_name(target.name + ".lock")):
+        if not (target / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target

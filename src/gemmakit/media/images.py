@@ -22,8 +22,10 @@ def decode_image(part: ImagePart, limits: MediaLimits):
     if len(part.data) > limits.max_image_bytes:
         raise InvalidRequestError(f"the image is {len(part.data)} bytes; the limit is "
                                   f"{limits.max_image_bytes}.")
+    # A data: URL without a type ("data:;base64,...") arrives as octet-stream: the bytes decide.
+    detect = part.mime_type.lower() == "application/octet-stream"
     expected = MIME_FORMATS.get(part.mime_type.lower())
-    if expected is None:
+    if expected is None and not detect:
         raise InvalidRequestError(f"unsupported image type '{part.mime_type}' (supported: "
                                   f"{', '.join(sorted(set(MIME_FORMATS) - {'image/jpg'}))}).")
     try:
@@ -38,7 +40,7 @@ def decode_image(part: ImagePart, limits: MediaLimits):
                     f"the image is {w}x{h} = {w * h} pixels; the limit is "
                     f"{limits.max_image_pixels} (a decompression bomb is refused before it is "
                     "expanded).")
-            if img.format != expected:
+            if not detect and img.format != expected:
                 raise InvalidRequestError(f"the data is {img.format}, not the declared "
                                           f"'{part.mime_type}'.")
             img.load()

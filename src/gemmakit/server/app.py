@@ -150,6 +150,9 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     errors.install(app)
     for r in (chat.router, completions.router, models.router, health.router):
         app.include_router(r)
+    from gemmakit.server.routes import audio  # needs python-multipart (the server extra)
+
+    app.include_router(audio.router)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gemmakit.media.urls import inline_image_urls
 from gemmakit.server.protocol import ChatCompletionRequest
 from gemmakit.server.routes.common import (
     chat_logprobs,
@@ -26,6 +27,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     service = service_for(request, body.model)
     body.check_supported()
     rid = request.state.request_id
+    await inline_image_urls(body.messages, request.app.state.settings)
     prepared = service.prepare_chat(body.to_messages(), body.sampling(), rid)
     cid, created = new_id("chatcmpl"), now()
     if body.stream:
