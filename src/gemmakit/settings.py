@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     max_audio_clips: int = Field(default=4, ge=0)
     """Most audio clips in one request."""
 
+    max_transcript_tokens: int = Field(default=448, ge=1)
+    """Most tokens a transcription or translation may generate (Whisper's decoder limit)."""
+
     pan_and_scan: bool = False
     """Gemma 3 images: also feed crops of non-square images (more image tokens, finer detail)."""
 

@@ -66,7 +66,8 @@ def vision_server(gemmakit_home: Path, tiny_dir: Path, media_dir: Path,
 def audio_server(gemmakit_home: Path, tiny_dir: Path, tmp_path_factory) -> Iterator[Server]:
     s = start_server(gemmakit_home, tmp_path_factory.mktemp("audio"), "--engine", "transformers",
                      "--model", str(tiny_dir / "gemma3n"), "--served-model-name", "tiny-gemma3n",
-                     "--max-audio-seconds", "5", "--threads", "2")
+                     "--max-audio-seconds", "5", "--max-transcript-tokens", "6",
+                     "--threads", "2")
     yield s
     stop_server(s)
 

@@ -4,6 +4,7 @@ by a model with an audio tower (Gemma 3n) through the ordinary chat pipeline."""
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from gemmakit.server.routes.common import service_for
 from gemmakit.types import AudioPart, SamplingParams
 
 router = APIRouter()
+log = logging.getLogger("gemmakit.server.audio")
 
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 _MIME_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav",
@@ -61,7 +63,10 @@ async def _run(task: Task, request: Request, file: UploadFile, model: str, langu
     if not data:
         raise InvalidRequestError("the uploaded file is empty.", param="file")
     part = AudioPart(data, _format_of(file))
-    sampling = SamplingParams(temperature=temperature if temperature is not None else 0.0)
+    # The audio API has no max_tokens: a transcript is bounded by a server setting instead.
+    limit = request.app.state.settings.max_transcript_tokens
+    sampling = SamplingParams(temperature=temperature if temperature is not None else 0.0,
+                              max_tokens=limit)
     messages = audio_task_messages(part, task, language=language, prompt=prompt)
     try:
         prepared = service.prepare_chat(messages, sampling, request.state.request_id)
@@ -72,6 +77,9 @@ async def _run(task: Task, request: Request, file: UploadFile, model: str, langu
         raise
     results, usage = await service.collect(prepared)
     text = results[0].text.strip()
+    if results[0].finish_reason == "length":
+        log.warning("request %s: the transcript reached --max-transcript-tokens (%d)",
+                    request.state.request_id, limit)
     if response_format == "text":
         return PlainTextResponse(text)
     out: dict[str, Any] = {"text": text,
