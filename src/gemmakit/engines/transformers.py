@@ -88,7 +88,8 @@ class TransformersEngine:
                  media_limits: MediaLimits | None = None, pan_and_scan: bool = False,
                  device: str | None = None) -> None:
         torch = _torch()
-        from gemmakit.hf import loading, profiles
+        from gemmakit import profiles
+        from gemmakit.hf import loading
 
         self.path = Path(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

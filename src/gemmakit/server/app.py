@@ -165,5 +165,9 @@ def app_from_settings(settings: Settings) -> FastAPI:
 
     ref = resolve(settings.model, settings.models_dir)
     cls = engine_class(settings.engine)
+    if settings.profile is not None:  # an impossible engine/profile pair fails before loading
+        from gemmakit.profiles import check
+
+        log.info("profile: %s", check(settings.engine, ref.format, ref.path, settings.profile))
     return create_app(settings.served_model_name or ref.name,
                       lambda: cls.from_settings(ref, settings), settings)
