@@ -257,11 +257,15 @@ def _measure_here(folder: str, profile: str, tokens: int, threads: int | None) -
     from gemmakit.engines.transformers import TransformersEngine
     from gemmakit.types import GenerationRequest, SamplingParams
 
-    with open("/proc/self/statm") as f:
-        baseline = int(f.read().split()[1]) * resource.getpagesize()
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    baseline = rss()
     t0 = time.perf_counter()
     eng = TransformersEngine(folder, profile=profile, threads=threads, context_length=1024)
     load_s = time.perf_counter() - t0
+    loaded = rss() - baseline  # what stays resident; the peak also holds the load's transients
 
     async def run() -> float | None:
         req = GenerationRequest(prompt_tokens=[2, *eng.tokenize("The history of the city")],
@@ -275,5 +279,6 @@ def _measure_here(folder: str, profile: str, tokens: int, threads: int | None) -
 
     tps = asyncio.run(run())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"peak_rss_added_bytes": peak - baseline, "load_s": round(load_s, 2),
+    return {"rss_added_bytes": loaded, "peak_rss_added_bytes": peak - baseline,
+            "load_s": round(load_s, 2),
             "decode_tokens_per_s": round(tps, 2) if tps else None}

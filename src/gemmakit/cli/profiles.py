@@ -24,15 +24,16 @@ def print_profiles(settings: Settings, model: str, *, as_json: bool, measure: bo
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("profile", "plan", "weights", *(("peak RSS added", "load s", "decode tok/s")
+    table = Table("profile", "plan", "weights", *(("RSS added", "peak RSS added", "load s",
+                                                    "decode tok/s")
                                                   if measure else ()),
                   title=f"{ref.name} on {settings.engine}")
     for r in rows:
         mem = f"{r['weights_bytes'] / 1e6:.0f} MB" if r["weights_bytes"] else "-"
         extra = ()
         if measure:
-            extra = (f"{r['peak_rss_added_bytes'] / 1e6:.0f} MB" if "peak_rss_added_bytes" in r
-                     else "-",
+            extra = (*(f"{r[k] / 1e6:.0f} MB" if k in r else "-"
+                       for k in ("rss_added_bytes", "peak_rss_added_bytes")),
                      str(r.get("load_s", "-")), str(r.get("decode_tokens_per_s", "-")))
         table.add_row(r["profile"], r["plan"] or f"refused: {r['refused']}", mem, *extra)
     Console(width=160).print(table)
