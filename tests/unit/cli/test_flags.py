@@ -29,7 +29,11 @@ def action(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
 def test_one_flag_per_field():
     p = settings_parser()
     flags = {s for a in p._actions for s in a.option_strings} - {"-h", "--help"}
-    assert flags == {"--" + name.replace("_", "-") for name in Settings.model_fields}
+    expected = {"--" + name.replace("_", "-") for name in Settings.model_fields}
+    # A bool field also gets its --no- form (argparse.BooleanOptionalAction).
+    expected |= {"--no-" + name.replace("_", "-") for name, f in Settings.model_fields.items()
+                 if f.annotation is bool}
+    assert flags == expected
 
 
 def test_int_flag_parses_to_int():
