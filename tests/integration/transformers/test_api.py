@@ -9,7 +9,7 @@ import pytest
 import gemmakit
 from gemmakit.errors import InvalidRequestError, UnsupportedError
 from gemmakit.types import AudioPart, ImagePart
-from tests.integration.transformers.conftest import png_bytes, wav_bytes
+from tests.media_samples import png_bytes, wav_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.transformers.conftest import openai_client, png_bytes, wav_bytes
+from tests.integration.transformers.conftest import openai_client
+from tests.media_samples import png_bytes, wav_bytes
 
 pytestmark = pytest.mark.integration
 

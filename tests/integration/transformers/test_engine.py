@@ -4,6 +4,7 @@ compared with the llama.cpp engine on the same file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,20 @@ def test_pickle_weights_refused(tmp_path: Path, dense_270m: Path):
     ref = resolve(str(folder), tmp_path)
     with pytest.raises(ConfigError, match="pickle"):
         TransformersEngine.from_settings(ref, Settings(home=tmp_path))
+
+
+def test_cancelling_the_consumer_frees_the_engine(hf_engine):
+    async def main():
+        req = _req(hf_engine, "Once upon a time", temperature=0, max_tokens=500)
+        got = 0
+        async with contextlib.aclosing(hf_engine.stream(req)) as stream:
+            async for c in stream:
+                got += len(c.token_ids)
+                if got >= 2:
+                    break  # closing the stream cancels the generation at its next token
+        # The worker is free again: a short request completes.
+        return got, await _run(hf_engine, _req(hf_engine, "1, 2,", temperature=0, max_tokens=2))
+
+    got, (_, ids, finish, _, _) = asyncio.run(main())
+    assert got == 2 and len(ids) == 2 and finish == "length"
+    assert hf_engine.health().ok

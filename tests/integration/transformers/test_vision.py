@@ -10,12 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.transformers.conftest import (
-    jpeg_bytes,
-    openai_client,
-    png_bomb,
-    png_bytes,
-)
+from tests.integration.transformers.conftest import openai_client
+from tests.media_samples import jpeg_bytes, png_bomb, png_bytes, wav_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +102,6 @@ def test_too_many_images(vision_server):
 
 
 def test_audio_to_a_model_without_audio_tower(vision_server):
-    from tests.integration.transformers.conftest import wav_bytes
-
     part = {"type": "input_audio",
             "input_audio": {"data": base64.b64encode(wav_bytes(0.5)).decode(), "format": "wav"}}
     err = refused(openai_client(vision_server), part)["error"]
