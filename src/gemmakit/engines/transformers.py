@@ -262,9 +262,14 @@ class TransformersEngine:
                         self._generate(job)
                 except (InvalidRequestError, UnsupportedError) as e:
                     job.emit(e)
+                except Exception:
+                    # A failed forward pass leaves nothing shared behind (the KV cache is the
+                    # request's own): fail this request loudly, keep serving the others.
+                    log.exception("generation failed for request %s", job.request.request_id)
+                    job.emit(EngineError("generation failed inside the engine"))
                 finally:
                     self._running = None
-        except Exception as e:  # an engine bug or a torch failure: fail loudly, not silently
+        except BaseException as e:  # the worker itself died: say so on /health
             log.exception("transformers worker failed")
             self._failed = type(e).__name__
             if self._running is not None:
