@@ -1,13 +1,13 @@
 """Loading profiles (the seed's `load_optimized_gemma` levels: max-efficiency 4-bit, balanced
 8-bit, performance 16-bit), mapped per engine and device to what really works there:
 
-| profile        | transformers, CUDA     | transformers, CPU                   | llama.cpp            |
-|----------------|------------------------|-------------------------------------|----------------------|
-| max-efficiency | bitsandbytes NF4       | torchao int8 weight-only (+ bf16)   | a <=4-bit GGUF as is |
-| balanced       | bitsandbytes int8      | bf16 (AVX512-BF16/AMX CPUs) or fp32 | a <=8-bit GGUF as is |
-| performance    | bf16                   | fp32                                | the GGUF as is       |
+| profile        | transformers, CUDA | transformers, CPU                   | llama.cpp        |
+|----------------|--------------------|-------------------------------------|------------------|
+| max-efficiency | bitsandbytes NF4   | torchao int8 weight-only + bf16     | the file's type  |
+| balanced       | bitsandbytes int8  | bf16 (AVX512-BF16/AMX CPUs) or fp32 | the file's type  |
+| performance    | bf16               | fp32                                | the file's type  |
 
-llama.cpp serves a GGUF in its own type: a profile that needs another type is refused, because
+llama.cpp serves a GGUF in its own type; when that does not match the profile, the plan says that
 re-quantization is a separate step (llama-quantize), not a load option. A combination that cannot
 work (a library missing) is refused with the reason before anything loads; nothing falls back
 silently. torch is imported only when a transformers plan is made.
@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 from gemmakit.errors import ConfigError
 
-ProfileName = Literal["max-efficiency", "balanced", "performance"]
 PROFILES: tuple[str, ...] = ("max-efficiency", "balanced", "performance")
 
 
@@ -36,7 +35,8 @@ class Plan:
     @property
     def summary(self) -> str:
         q = "" if self.quant == "none" else f", {self.quant}"
-        return f"{self.profile or 'default'} on {self.device}: {str(self.dtype).removeprefix('torch.')}{q}"
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.profile or 'default'} on {self.device}: {dtype}{q}"
 
     def quantization_config(self) -> Any:
         if self.quant == "torchao-int8":
@@ -67,10 +67,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def plan(profile: str | None, device: str) -> Plan:
-    return transformers_plan(profile, device)
 
 
 def transformers_plan(profile: str | None, device: str) -> Plan:

@@ -95,7 +95,7 @@ class TransformersEngine:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
-        plan = profiles.plan(profile, self.device)
+        plan = profiles.transformers_plan(profile, self.device)
         self.profile = plan
         loaded = loading.load(self.path, dtype=plan.dtype, device=self.device,
                               quantization_config=plan.quantization_config())

@@ -37,6 +37,7 @@ GEMMA3_VOCAB = 262_208  # the 4B+ embedding: 262,145 tokens padded
 def _readme(kind: str) -> str:
     modality = ("a SigLIP vision tower (64x64 images, 16 image tokens)" if kind == "gemma3"
                 else "the audio tower (USM conformer; 188 audio tokens per clip)")
+    extractor = ", audio feature extractor" if kind == "gemma3n" else ""
     return f"""# Tiny random {kind} checkpoint (gemmakit)
 
 **Its outputs are random.** The weights are randomly initialised: this checkpoint exists so that
@@ -47,7 +48,7 @@ gigabytes. Never use it to judge quality.
 - architecture: the real `{kind}` configuration with every size shrunk, and {modality};
 - tokenizer: the real Gemma tokenizer, extracted from the bundled Gemma 3 270M GGUF
   {"(Gemma 3n's renumbered image/audio control tokens applied)" if kind == "gemma3n" else ""};
-- processor: saved with the checkpoint (PIL image backend{", audio feature extractor" if kind == "gemma3n" else ""}).
+- processor: saved with the checkpoint (PIL image backend{extractor}).
 
 Written by `gemmakit tiny-model {kind} OUT_DIR`.
 """

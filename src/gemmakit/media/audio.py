@@ -24,9 +24,11 @@ def decode_audio(part: AudioPart, limits: MediaLimits, sampling_rate: int) -> np
         raise InvalidRequestError(f"the audio is {len(part.data)} bytes; the limit is "
                                   f"{limits.max_audio_bytes}.")
     fmt = FORMATS.get(part.format.lower().lstrip("."))
-    if fmt is None or fmt not in sf.available_formats():
+    readable = sf.available_formats()
+    if fmt is None or fmt not in readable:
+        names = ", ".join(sorted(k for k, v in FORMATS.items() if v in readable))
         raise InvalidRequestError(f"unsupported audio format '{part.format}' (supported: "
-                                  f"{', '.join(sorted(k for k, v in FORMATS.items() if v in sf.available_formats()))}).")
+                                  f"{names}).")
     try:
         with sf.SoundFile(io.BytesIO(part.data)) as f:
             if f.format != fmt:

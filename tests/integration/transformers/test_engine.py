@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from gemmakit.errors import ConfigError, ContextLengthExceededError
-from gemmakit.prompts import render_chat
 from gemmakit.service import Service
 from gemmakit.types import GenerationRequest, Message, SamplingParams
 
@@ -37,8 +36,8 @@ async def _run(engine, req):
 
 
 def test_tokenizer_matches_llamacpp(hf_engine, engine):
-    for text in ["Hello world", " two  spaces\n\n\ttab", "日本語 🎉 émoji", "<start_of_turn>user\nx",
-                 "code: def f(x):\n    return x**2"]:
+    for text in ["Hello world", " two  spaces\n\n\ttab", "日本語 🎉 émoji",
+                 "<start_of_turn>user\nx", "code: def f(x):\n    return x**2"]:
         for special in (False, True):
             assert hf_engine.tokenize(text, special=special) == \
                 engine.tokenize(text, special=special), (text, special)
@@ -83,8 +82,8 @@ def test_usage_stops_and_utf8(hf_engine):
         hf_engine, "1, 2, 3, 4,", temperature=0, max_tokens=12, stop=[stop])))
     assert finish == "stop" and got == text[:text.index(stop)]
     # Multi-byte characters arrive whole (never a broken UTF-8 sequence).
-    jp, _, _, _, _ = asyncio.run(_run(hf_engine, _req(hf_engine, "日本の首都は", temperature=0,
-                                                      max_tokens=8)))
+    jp, _, _, _, _ = asyncio.run(_run(hf_engine, _req(hf_engine, "日本の首都は",
+                                                      temperature=0, max_tokens=8)))
     assert "\ufffd" not in jp and jp
 
 

@@ -43,7 +43,8 @@ def refused(client, *parts) -> dict:
 def test_image_tokens_counted_in_prompt(vision_server, tiny_dir):
     client = openai_client(vision_server)
     config = json.loads((tiny_dir / "gemma3" / "config.json").read_text())
-    per_image = config["mm_tokens_per_image"] + 4  # "\n\n" <start_of_image> ... <end_of_image> "\n\n"
+    # "\n\n" <start_of_image> + image tokens + <end_of_image> "\n\n"
+    per_image = config["mm_tokens_per_image"] + 4
     text_only = ask(client)
     one = ask(client, image_part(data_url(png_bytes(50, 40))))
     two = ask(client, image_part(data_url(png_bytes(50, 40))),
