@@ -128,10 +128,18 @@ class Service:
                      request_id: str) -> Prepared:
         prompt = render_chat(messages)
         self._check_media(prompt, messages)
-        ids = self.tokenize_prompt(prompt)
+        features: list[object] = []
+        if prompt.media:  # placeholders expand to the engine's media tokens (counted in usage)
+            from gemmakit.media.prepare import media_params, tokenize_with_media
+
+            ids, features = tokenize_with_media(self.engine, prompt, media_params(messages))
+        else:
+            ids = self.tokenize_prompt(prompt)
         self._check_fits(len(ids), sampling, "messages")
-        return Prepared(self._choices(ids, sampling, request_id, self._chat_stop_ids, 0),
-                        len(ids), [ids])
+        reqs = self._choices(ids, sampling, request_id, self._chat_stop_ids, 0)
+        for r in reqs:
+            r.media, r.media_features = list(prompt.media), features
+        return Prepared(reqs, len(ids), [ids])
 
     def prepare_completion(self, prompts: Sequence[str | list[int]], sampling: SamplingParams,
                            request_id: str) -> Prepared:

@@ -125,10 +125,10 @@ class Settings(BaseSettings):
     max_content_parts: int = Field(default=64, ge=1)
     """Most content parts in one message."""
 
-    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     """Largest image (decoded, or fetched with --allow-remote-media) in bytes."""
 
-    max_audio_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     """Largest audio clip (decoded) in bytes."""
 
     allowed_roles: list[Literal["system", "developer", "user", "assistant", "tool"]] = Field(
@@ -166,6 +166,29 @@ class Settings(BaseSettings):
             except GemmakitError as e:
                 raise ValueError(f"model: {e.message}") from None
         return self
+
+    # --- media and the transformers engine (docs/transformers.md) ------------------------
+    profile: Literal["max-efficiency", "balanced", "performance"] | None = None
+    """Loading profile (transformers engine): max-efficiency (smallest weights), balanced or
+    performance; mapped per device, impossible combinations refused (docs/transformers.md)."""
+
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    """Most pixels (width x height) in an image; larger ones (decompression bombs) are refused."""
+
+    max_images: int = Field(default=8, ge=0)
+    """Most images in one request."""
+
+    max_audio_seconds: float = Field(default=30.0, gt=0)
+    """Longest audio clip accepted, in seconds (Gemma 3n reads at most 30 s per clip)."""
+
+    max_audio_clips: int = Field(default=4, ge=0)
+    """Most audio clips in one request."""
+
+    max_transcript_tokens: int = Field(default=448, ge=1)
+    """Most tokens a transcription or translation may generate (Whisper's decoder limit)."""
+
+    pan_and_scan: bool = False
+    """Gemma 3 images: also feed crops of non-square images (more image tokens, finer detail)."""
 
     @classmethod
     def settings_customise_sources(

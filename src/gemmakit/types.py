@@ -126,8 +126,19 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     """Tokens that end generation besides the engine's own end-of-generation tokens."""
     media: list[Part] = field(default_factory=list)
+    media_features: list[object] = field(default_factory=list)
+    """The engine's features for each media part, in prompt order (see `MediaEncoding`)."""
     constraint: Constraint | None = None
     adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class MediaEncoding:
+    """A media part as an engine prepared it: the prompt tokens that stand for it (its placeholder
+    expanded, so usage counts include them) and features that only that engine reads."""
+
+    token_ids: tuple[int, ...]
+    features: object
 
 
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "cancelled", "shutdown"]

@@ -99,6 +99,11 @@ def run(ns: argparse.Namespace) -> int:
     sampling = build(SamplingParams, ns)
     settings = load_settings(ns)
     ref = resolve(settings.model, settings.models_dir)
+    if settings.profile is not None:
+        from gemmakit.profiles import check
+
+        print(f"profile: {check(settings.engine, ref.format, ref.path, settings.profile)}",
+              file=sys.stderr)
     engine = engine_class(settings.engine).from_settings(ref, settings)
 
     async def go() -> int:

@@ -10,7 +10,8 @@ from gemmakit.cli.flags import add_model_flags, given
 from gemmakit.settings import Settings
 
 # Settings a command that loads a model in-process accepts.
-ENGINE_FLAGS = ("home", "model", "engine", "context_length", "threads", "batch_size", "log_level")
+ENGINE_FLAGS = ("home", "model", "engine", "context_length", "threads", "batch_size", "log_level",
+                "profile")
 # SamplingParams fields the terminal commands do not expose.
 SAMPLING_SKIP = ("n", "logprobs", "top_logprobs", "logit_bias")
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "eval": "gemmakit.cli.eval",
     "keys": "gemmakit.cli.keys",
     "usage": "gemmakit.cli.usage",
+    "tiny-model": "gemmakit.cli.tiny_model",
 }
 
 

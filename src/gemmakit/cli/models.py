@@ -12,7 +12,12 @@ HELP = "List the models available locally."
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Machine-readable output.")
-    settings_flags(p, ("home", "log_level"))
+    p.add_argument("--profiles", metavar="MODEL", help="Show the loading profiles of MODEL for "
+                   "--engine: what each means there and its weights memory (or why it is "
+                   "refused).")
+    p.add_argument("--measure", action="store_true", help="With --profiles and the transformers "
+                   "engine: load each profile and measure resident memory and decode tokens/s.")
+    settings_flags(p, ("home", "log_level", "engine", "threads"))
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -20,6 +25,10 @@ def run(ns: argparse.Namespace) -> int:
     from gemmakit.engines.llamacpp import describe
 
     settings = load_settings(ns)
+    if ns.profiles:
+        from gemmakit.cli.profiles import print_profiles
+
+        return print_profiles(settings, ns.profiles, as_json=ns.json, measure=ns.measure)
     as_json = ns.json
     rows = []
     for ref in local_models(settings.models_dir):

@@ -169,6 +169,9 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     errors.install(app)
     for r in (chat.router, completions.router, models.router, health.router, usage.router):
         app.include_router(r)
+    from gemmakit.server.routes import audio  # needs python-multipart (the server extra)
+
+    app.include_router(audio.router)
     # Middleware, innermost first: Guard (keys, limits, ledger) inside the monitoring observer
     # (so refusals by the guard are counted with their status) inside RequestContext (request
     # id, body limit), which every other layer relies on.
@@ -186,5 +189,9 @@ def app_from_settings(settings: Settings) -> FastAPI:
 
     ref = resolve(settings.model, settings.models_dir)
     cls = engine_class(settings.engine)
+    if settings.profile is not None:  # an impossible engine/profile pair fails before loading
+        from gemmakit.profiles import check
+
+        log.info("profile: %s", check(settings.engine, ref.format, ref.path, settings.profile))
     return create_app(settings.served_model_name or ref.name,
                       lambda: cls.from_settings(ref, settings), settings)

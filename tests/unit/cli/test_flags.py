@@ -28,8 +28,6 @@ def action(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
 
 
 def test_one_flag_per_field():
-    from pydantic import BaseModel
-
     p = settings_parser()
     flags = {s for a in p._actions for s in a.option_strings} - {"-h", "--help"}
     expected = set()
