@@ -22,6 +22,8 @@ from gemmakit.types import (
     EngineHealth,
     FinishReason,
     GenerationRequest,
+    ImagePart,
+    MediaEncoding,
 )
 
 # Control tokens get small ids (as in Gemma's vocabulary: <eos> 1, <bos> 2, <start_of_turn> 105,
@@ -74,6 +76,13 @@ class FakeEngine:
             else:
                 ids.extend(CHAR_BASE + ord(c) for c in piece)
         return ids
+
+    def encode_media(self, part: Any) -> MediaEncoding:
+        """Media parts (engines with vision/audio): the placeholder plus four stand-in tokens,
+        the part's bytes as its "features"."""
+        marker = "<start_of_image>" if isinstance(part, ImagePart) else "<start_of_audio>"
+        return MediaEncoding(token_ids=(SPECIAL_IDS[marker], *([CHAR_BASE] * 4)),
+                             features=part.data)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)

@@ -81,9 +81,12 @@ def test_401_on_every_protected_route_without_a_valid_key(secure, keys):
             r = c.request(method, path, json=body, headers=headers)
             err = assert_error(r, 401, "invalid_api_key")
             assert secret not in r.text and changed not in err["message"]
-        assert c.request(method, path, json=body, headers=bearer(secret)).status_code == 200
+        # With the key, the request gets past the guard: 200, or for the audio routes (which
+        # take multipart uploads, not this JSON body) the route's own 400.
+        ok = {200} if not path.startswith("/v1/audio/") else {400}
+        assert c.request(method, path, json=body, headers=bearer(secret)).status_code in ok
         assert c.request(method, path, json=body,
-                         headers={"x-api-key": secret}).status_code == 200
+                         headers={"x-api-key": secret}).status_code in ok
 
 
 def test_public_routes_stay_public(secure, keys):
