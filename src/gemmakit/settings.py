@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted request body in bytes (larger bodies get 413)."""
 
+    tool_parser: Literal["json", "pythonic", "function_call"] = "json"
+    """Call syntax parsed from replies when tool_choice is auto: json (what gemmakit's Gemma
+    prompt asks for), pythonic ([f(a=1)], in or out of a tool_code fence) or function_call
+    (FUNCTION_CALL: f(a=1) lines). Forced calls always use json (the grammar writes it)."""
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -148,7 +148,7 @@ class LlamaCppEngine:
         self.model_path = Path(model_path)
         self.parallel = parallel
         self.threads = threads or os.cpu_count() or 1
-        self.capabilities = Capabilities(text=True, batching=parallel > 1)
+        self.capabilities = Capabilities(text=True, batching=parallel > 1, constraints=True)
 
         mparams = ll.llama_model_default_params()
         self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)
@@ -467,6 +467,14 @@ class LlamaCppEngine:
             for t in req.prompt_tokens[-64:]:
                 ll.llama_sampler_accept(pen, t)
             ll.llama_sampler_chain_add(chain, pen)
+        if req.constraint is not None:
+            # A GBNF grammar, compiled and parse-checked by gemmakit.tools.constraints.
+            grammar = ll.llama_sampler_init_grammar(self._vocab, req.constraint.value.encode(),
+                                                    b"root")
+            if not grammar:
+                ll.llama_sampler_free(chain)
+                raise ValueError("llama.cpp refused the grammar")
+            ll.llama_sampler_chain_add(chain, grammar)
         if sp.temperature == 0.0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return chain
