@@ -28,6 +28,8 @@ from gemmakit.tools.schema import SchemaError, ToolSpec, check_schema
 from gemmakit.types import Constraint
 
 MAX_GRAMMAR_BYTES = 512 * 1024
+MAX_CALLS_PER_REPLY = 8
+"""A forced reply holds at most this many parallel calls (the grammar then closes the list)."""
 _MAX_INT_DIGITS = 16  # the converter's own integers have at most 16 digits
 
 # JSON string characters: anything but '"', '\' and control characters (U+0000-U+001F), or an
@@ -179,7 +181,8 @@ def call_schema(tools: Sequence[ToolSpec], parallel: bool) -> dict[str, Any]:
                                     "parameters": {"$ref": f"#/$defs/{key}"}},
                      "required": ["name", "parameters"]})
     one = alts[0] if len(alts) == 1 else {"anyOf": alts}
-    root = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]} if parallel else one
+    root = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1,
+                            "maxItems": MAX_CALLS_PER_REPLY}]} if parallel else one
     return {**root, "$defs": defs}
 
 
