@@ -75,7 +75,7 @@ class ToolSpec:
             raise InvalidRequestError(f"tool '{name}': description must be a string.",
                                       param=f"{param}.function.description")
         params = fn.get("parameters")
-        if params is None:
+        if params is None or params == {}:  # no parameters
             params = {"type": "object", "properties": {}}
         spec = cls(name, desc, params)
         try:
