@@ -40,6 +40,22 @@ def _check_calls(calls) -> None:
     assert len({c.id for c in calls}) == len(calls)
 
 
+def _stream(client, **kw):
+    """(content, [(id, name, arguments)], finish_reason) rebuilt from the streamed deltas."""
+    content, calls, finish = "", {}, None
+    for ev in client.chat.completions.create(stream=True, **kw):
+        for ch in ev.choices:
+            content += ch.delta.content or ""
+            for tc in ch.delta.tool_calls or []:
+                slot = calls.setdefault(tc.index, ["", "", ""])
+                slot[0] += tc.id or ""
+                if tc.function:
+                    slot[1] += tc.function.name or ""
+                    slot[2] += tc.function.arguments or ""
+            finish = ch.finish_reason or finish
+    return content, [tuple(v) for v in calls.values()], finish
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_required_call_always_validates(client, seed):
     r = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS,
@@ -58,19 +74,22 @@ def test_named_call_streams_tool_call_deltas(client):
     full = client.chat.completions.create(**kw).choices[0]
     assert [c.function.name for c in full.message.tool_calls] == ["calculate_math"]
     _check_calls(full.message.tool_calls)
-    calls: dict[int, dict[str, str]] = {}
-    finish = None
-    for ev in client.chat.completions.create(stream=True, **kw):
-        for ch in ev.choices:
-            for tc in ch.delta.tool_calls or []:
-                slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-                slot["id"] += tc.id or ""
-                slot["name"] += tc.function.name or "" if tc.function else ""
-                slot["arguments"] += tc.function.arguments or "" if tc.function else ""
-            finish = ch.finish_reason or finish
-    assert finish == "tool_calls"
-    assert [(c["name"], c["arguments"]) for c in calls.values()] == [
+    content, calls, finish = _stream(client, **kw)
+    assert finish == "tool_calls" and not content
+    assert [(n, a) for _, n, a in calls] == [
         (c.function.name, c.function.arguments) for c in full.message.tool_calls]
+    assert all(i.startswith("call_") for i, _, _ in calls)
+
+
+def test_required_streams_valid_parallel_calls(client):
+    content, calls, finish = _stream(client, model=MODEL, messages=ASK, tools=TOOLS,
+                                     tool_choice="required", max_tokens=96, temperature=0)
+    if finish == "length":  # a runaway list cut by max_tokens: no call leaves unvalidated
+        assert not calls and content
+        return
+    assert finish == "tool_calls" and calls
+    for _, name, args in calls:
+        jsonschema.validate(json.loads(args), SCHEMAS[name])
 
 
 def test_auto_returns_either_valid_calls_or_text(client):
@@ -82,6 +101,11 @@ def test_auto_returns_either_valid_calls_or_text(client):
         _check_calls(msg.tool_calls)
     else:
         assert isinstance(msg.content, str) and msg.content
+    content, calls, finish = _stream(client, model=MODEL, messages=ASK, tools=TOOLS,
+                                     max_tokens=32, temperature=0)
+    assert content == (msg.content or "") and finish == r.choices[0].finish_reason
+    assert [(n, a) for _, n, a in calls] == [(c.function.name, c.function.arguments)
+                                             for c in msg.tool_calls or []]
 
 
 def test_none_never_calls(client):
@@ -142,7 +166,10 @@ def test_tool_results_round_trip(client):
                  "content": '{"temperature": 18, "condition": "cloudy"}'}]
     r = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS,
                                        tool_choice="none", max_tokens=16, temperature=0)
-    assert r.usage.prompt_tokens > 100  # the declarations, the call and the result are in it
+    assert not r.choices[0].message.tool_calls
+    alone = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1)
+    # The call and its result are in the prompt (no declarations: tool_choice is none).
+    assert r.usage.prompt_tokens > alone.usage.prompt_tokens + 30
 
 
 def test_tool_loop_end_to_end_with_the_example_tools(engine):
@@ -154,9 +181,10 @@ def test_tool_loop_end_to_end_with_the_example_tools(engine):
     from gemmakit.types import SamplingParams
 
     service = Service(engine, MODEL)
-    for name in ("calculate_math", "get_weather"):
+    for name, question in (("calculate_math", "What is 6 * 7?"),
+                           ("get_weather", "How warm is it in Paris?")):
         seen = []
-        result = run_tools([{"role": "user", "content": "What is 6 * 7, and how warm is Paris?"}],
+        result = run_tools([{"role": "user", "content": question}],
                            [get_weather, calculate_math], service=service,
                            tool_choice={"type": "function", "function": {"name": name}},
                            parallel_tool_calls=False, max_steps=2,
@@ -171,3 +199,24 @@ def test_tool_loop_end_to_end_with_the_example_tools(engine):
         assert roles[:4] == ["user", "assistant", "tool", "assistant"]
         assert result.steps == 2 and result.messages[1].tool_calls
         assert isinstance(result.content, str)
+
+
+def test_chat_cli_with_tools_shows_calls_and_results(gemmakit_home, model_path):
+    import os
+    import subprocess
+    import sys
+
+    from gemmakit.tools import examples
+
+    r = subprocess.run([sys.executable, "-m", "gemmakit", "chat", "--tools", examples.__file__,
+                        "--tool-choice", "required", "--no-parallel-tool-calls",
+                        "--max-tool-steps", "2", "--temperature", "0", "--max-tokens", "40",
+                        "--context-length", "2048", "What is 6 * 7?"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "GEMMAKIT_HOME": str(gemmakit_home)})
+    assert r.returncode == 0, r.stderr
+    shown = [ln for ln in r.stderr.splitlines() if ln.startswith("[tool] ")]
+    assert len(shown) >= 2
+    assert shown[0].split("(")[0] in ("[tool] get_weather", "[tool] calculate_math")
+    assert shown[1].startswith(("[tool] result: ", "[tool] error: "))
+    assert r.stdout.strip()  # the final answer

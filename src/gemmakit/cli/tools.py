@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool-choice", choices=("auto", "required"), default="auto",
                    help="With --tools: 'required' forces a call on the first step of each turn "
                    "(a grammar guarantees it is valid); default auto.")
+    p.add_argument("--parallel-tool-calls", action=argparse.BooleanOptionalAction, default=True,
+                   help="With --tools: allow several calls in one reply (default: yes).")
     p.add_argument("--max-tool-steps", type=int, default=6, metavar="N",
                    help="With --tools: most model steps per turn (the last one must answer).")
 
@@ -62,6 +64,7 @@ async def answer(service: Service, history: list[Message], tools: list[Any],
 
     result = await arun_tools(service, history, tools, sampling=sampling,
                               tool_choice=ns.tool_choice, max_steps=ns.max_tool_steps,
+                              parallel_tool_calls=ns.parallel_tool_calls,
                               on_event=show)
     print(result.content or "")
     sys.stdout.flush()
