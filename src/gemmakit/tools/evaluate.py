@@ -168,8 +168,11 @@ async def evaluate(service: Service, items: list[Item], modes: tuple[str, ...],
                 s.exact += row["exact"]
             if progress:
                 print(f"\r{mode}: {k + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
+        if progress:  # the mode's row now, so a long run shows results as it goes
+            s = scores[mode]
+            print(f"\r{mode}: schema-valid {s.rate(s.valid, s.n_call)}, right function "
+                  f"{s.rate(s.right, s.n_scored)}, exact arguments {s.rate(s.exact, s.n_call)}",
+                  file=sys.stderr, flush=True)
     return scores
 
 
