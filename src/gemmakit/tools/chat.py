@@ -15,7 +15,6 @@ constraint, or when max_tokens cuts a constrained reply) is returned as text, ne
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -212,7 +211,3 @@ def _call_or_answer(tools: list[ToolSpec], parallel: bool, schema: dict[str, Any
         raise InvalidRequestError("the tools and the response_format schema cannot be combined "
                                   "into one grammar.", param="response_format") from None
     return Constraint("grammar", grammar)
-
-
-def dumps_arguments(arguments: Any) -> str:
-    return json.dumps(arguments, ensure_ascii=False)

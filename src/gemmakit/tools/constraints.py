@@ -19,7 +19,6 @@ The transformers engine will use xgrammar (docs/tools.md says why); it takes the
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +97,7 @@ def _int_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
 
 def _converter():
     try:
-        from llama_cpp.llama_grammar import PRIMITIVE_RULES, RESERVED_NAMES, SchemaConverter
+        from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConfigError("grammar constraints need llama-cpp-python: "
                           "pip install 'gemmakit[llamacpp]'") from e
@@ -120,7 +119,6 @@ def _converter():
                 rule = type(rule)(_CHAR_RULE, [])
             return super()._add_primitive(name, rule)
 
-    del PRIMITIVE_RULES
     return Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
@@ -248,7 +246,3 @@ def json_constraint(schema: dict[str, Any], label: str = "response") -> Constrai
         raise InvalidRequestError(f"response_format schema '{label}' {e}",
                                   param="response_format.json_schema.schema",
                                   code="invalid_schema") from None
-
-
-def dumps_schema(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, ensure_ascii=False)

@@ -203,9 +203,6 @@ def _check_node(node: dict[str, Any], path: str) -> None:
     if combined and combined[0] in ("anyOf", "$ref") and len(set(node) & _ENFORCED) > 1:
         extra = sorted((set(node) & _ENFORCED) - {combined[0]})
         raise SchemaError(f"'{combined[0]}' cannot be combined with '{extra[0]}'", path)
-    if "additionalProperties" in node and "properties" not in node \
-            and node["additionalProperties"] is False:
-        pass  # an empty object: fine
     if isinstance(node.get("items"), list):
         raise SchemaError("'items' must be a schema (use prefixItems for tuples)", path)
 
