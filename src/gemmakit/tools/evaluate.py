@@ -23,6 +23,9 @@ Rates (items that expect a call; `auto` also scores no-call items for the right-
 - right function: the called names equal the expected ones (as a multiset; no call when none is
   expected);
 - argument exact match: right function and every call's arguments equal the expected JSON exactly.
+
+"cut by max_tokens" counts call items whose reply hit the token limit: a constrained reply is valid
+by construction only once the grammar has finished it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Score:
     valid: int = 0
     right: int = 0
     exact: int = 0
+    cut: int = 0  # replies to call items stopped by max_tokens (a cut reply cannot be valid)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def rate(self, k: int, n: int) -> str:
@@ -166,6 +170,7 @@ async def evaluate(service: Service, items: list[Item], modes: tuple[str, ...],
                 s.n_call += 1
                 s.valid += row["valid"]
                 s.exact += row["exact"]
+                s.cut += row["finish_reason"] == "length"
             if progress:
                 print(f"\r{mode}: {k + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
         if progress:  # the mode's row now, so a long run shows results as it goes
@@ -179,12 +184,13 @@ async def evaluate(service: Service, items: list[Item], modes: tuple[str, ...],
 def table(scores: dict[str, Score], model: str) -> str:
     lines = [f"Tool-calling evaluation, model {model}, greedy",
              "",
-             "| mode | constrained | schema-valid | right function | argument exact match |",
-             "|---|---|---|---|---|"]
+             "| mode | constrained | schema-valid | right function | argument exact match "
+             "| cut by max_tokens |",
+             "|---|---|---|---|---|---|"]
     for mode, s in scores.items():
         lines.append(f"| {mode} | {'no' if mode == 'auto' else 'yes'} | "
                      f"{s.rate(s.valid, s.n_call)} | {s.rate(s.right, s.n_scored)} | "
-                     f"{s.rate(s.exact, s.n_call)} |")
+                     f"{s.rate(s.exact, s.n_call)} | {s.cut}/{s.n_call} |")
     return "\n".join(lines)
 
 

@@ -133,5 +133,5 @@ class TestEvaluate:
         assert (r.valid, r.right, r.exact, r.n_call, r.n_scored) == (1, 1, 0, 1, 1)
         assert engine.requests[-1].constraint is not None
         t = table(scores, "g")
-        assert "| auto | no | 100.0% (1/1) | 100.0% (2/2) | 100.0% (1/1) |" in t
-        assert "| required | yes | 100.0% (1/1) | 100.0% (1/1) | 0.0% (0/1) |" in t
+        assert "| auto | no | 100.0% (1/1) | 100.0% (2/2) | 100.0% (1/1) | 0/1 |" in t
+        assert "| required | yes | 100.0% (1/1) | 100.0% (1/1) | 0.0% (0/1) | 0/1 |" in t
