@@ -5,9 +5,14 @@ Importing gemmakit imports neither torch nor llama_cpp: engines load on demand.
 
 __version__ = "0.1.0"
 
+# The Python API, imported on first use (so `import gemmakit` stays light).
+_LAZY = {"load": "gemmakit.api", "tool": "gemmakit.tools.schema", "run_tools": "gemmakit.tools.runner",
+         "arun_tools": "gemmakit.tools.runner"}
 
-def load(model: str = "gemma-3-270m", **kwargs):  # noqa: ANN201 - documented in gemmakit.api
-    """Load a model for in-process use: see `gemmakit.api.load` (imports the engine lazily)."""
-    from gemmakit.api import load as _load
 
-    return _load(model, **kwargs)
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gemmakit' has no attribute {name!r}")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gemmakit.engines.base import Engine
 from gemmakit.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedError
@@ -20,6 +21,7 @@ from gemmakit.types import (
     AudioPart,
     Chunk,
     ChunkStats,
+    Constraint,
     FinishReason,
     GenerationRequest,
     ImagePart,
@@ -67,9 +69,10 @@ class Usage:
 class Service:
     """Engine-agnostic request preparation and generation for one served model."""
 
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: Engine, model_name: str, *, tool_parser: str = "json") -> None:
         self.engine = engine
         self.model_name = model_name
+        self.tool_parser = tool_parser  # call syntax parsed from replies (gemmakit.tools.parsers)
         self._chat_stop_ids = frozenset(self._special_id(t) for t in STOP_TOKENS)
 
     def _special_id(self, token: str) -> int:
@@ -113,7 +116,8 @@ class Service:
                                              context_length=ctx, param=param)
 
     def _choices(self, prompt_ids: list[int], sampling: SamplingParams, request_id: str,
-                 stop_ids: frozenset[int], first_index: int) -> list[GenerationRequest]:
+                 stop_ids: frozenset[int], first_index: int,
+                 constraint: Constraint | None = None) -> list[GenerationRequest]:
         out = []
         for k in range(sampling.n):
             # With a seed, choice k uses seed + k: n identical samples would defeat n > 1.
@@ -121,12 +125,15 @@ class Service:
                 update={"seed": sampling.seed + k})
             out.append(GenerationRequest(prompt_tokens=prompt_ids, sampling=sp,
                                          request_id=f"{request_id}-{first_index + k}",
-                                         stop_token_ids=stop_ids))
+                                         stop_token_ids=stop_ids, constraint=constraint))
         return out
 
     def prepare_chat(self, messages: Sequence[Message], sampling: SamplingParams,
-                     request_id: str) -> Prepared:
-        prompt = render_chat(messages)
+                     request_id: str, *, tools: Sequence[dict[str, Any]] = (),
+                     constraint: Constraint | None = None) -> Prepared:
+        """`tools`: function declarations shown to the model; `constraint`: a grammar the
+        engine enforces (built and checked by gemmakit.tools; see tools/chat.py)."""
+        prompt = render_chat(messages, tools=tools)
         self._check_media(prompt, messages)
         features: list[object] = []
         if prompt.media:  # placeholders expand to the engine's media tokens (counted in usage)
@@ -136,7 +143,7 @@ class Service:
         else:
             ids = self.tokenize_prompt(prompt)
         self._check_fits(len(ids), sampling, "messages")
-        reqs = self._choices(ids, sampling, request_id, self._chat_stop_ids, 0)
+        reqs = self._choices(ids, sampling, request_id, self._chat_stop_ids, 0, constraint)
         for r in reqs:
             r.media, r.media_features = list(prompt.media), features
         return Prepared(reqs, len(ids), [ids])

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     pan_and_scan: bool = False
     """Gemma 3 images: also feed crops of non-square images (more image tokens, finer detail)."""
 
+    tool_parser: Literal["json", "pythonic", "function_call"] = "json"
+    """Call syntax parsed from replies when tool_choice is auto: json (what gemmakit's Gemma
+    prompt asks for), pythonic ([f(a=1)], in or out of a tool_code fence) or function_call
+    (FUNCTION_CALL: f(a=1) lines). Forced calls always use json (the grammar writes it)."""
+
     @classmethod
     def settings_customise_sources(
         cls,

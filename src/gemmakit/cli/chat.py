@@ -9,6 +9,7 @@ import sys
 import uuid
 from typing import TYPE_CHECKING
 
+from gemmakit.cli import tools as tool_flags
 from gemmakit.cli.common import ENGINE_FLAGS, SAMPLING_SKIP, load_settings, settings_flags
 from gemmakit.cli.flags import add_model_flags, build
 from gemmakit.errors import GemmakitError
@@ -25,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="System prompt (folded into the first user turn, as Gemma "
                    "has no system role).")
     add_engine_and_sampling_flags(p)
+    tool_flags.add_arguments(p)
 
 
 def add_engine_and_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -52,6 +54,11 @@ async def _chat(service: Service, ns: argparse.Namespace, sampling: SamplingPara
     if ns.command == "complete":
         prepared = service.prepare_completion([ns.prompt], sampling, uuid.uuid4().hex)
         await _print_stream(service, prepared)
+        return 0
+    tools = tool_flags.load_tools(ns.tools) if getattr(ns, "tools", None) else None
+    if tools and ns.prompt is not None:
+        await tool_flags.answer(service, [*system, Message("user", ns.prompt)], tools, sampling,
+                                ns)
         return 0
     if ns.prompt is not None:
         prepared = service.prepare_chat([*system, Message("user", ns.prompt)], sampling,
@@ -84,6 +91,13 @@ async def _chat(service: Service, ns: argparse.Namespace, sampling: SamplingPara
             prepared = service.prepare_chat([*system, *turn], sampling, uuid.uuid4().hex)
         except GemmakitError as e:
             print(f"error: {e.message}", file=sys.stderr)
+            continue
+        if tools:
+            try:
+                history = (await tool_flags.answer(service, [*system, *turn], tools, sampling,
+                                                   ns))[len(system):]
+            except GemmakitError as e:
+                print(f"error: {e.message}", file=sys.stderr)
             continue
         reply, finish = await _print_stream(service, prepared)
         if finish == "length":

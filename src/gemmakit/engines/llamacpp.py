@@ -220,7 +220,7 @@ class LlamaCppEngine:
         self.prefix_cache = prefix_cache
         self.prefill_chunk = max(1, min(prefill_chunk, batch_size))
         self.threads = threads or os.cpu_count() or 1
-        self.capabilities = Capabilities(text=True, batching=True)
+        self.capabilities = Capabilities(text=True, batching=True, constraints=True)
 
         mparams = ll.llama_model_default_params()
         self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)
@@ -653,6 +653,14 @@ class LlamaCppEngine:
             for t in req.prompt_tokens[-64:]:
                 ll.llama_sampler_accept(pen, t)
             ll.llama_sampler_chain_add(chain, pen)
+        if req.constraint is not None:
+            # A GBNF grammar, compiled and parse-checked by gemmakit.tools.constraints.
+            grammar = ll.llama_sampler_init_grammar(self._vocab, req.constraint.value.encode(),
+                                                    b"root")
+            if not grammar:
+                ll.llama_sampler_free(chain)
+                raise ValueError("llama.cpp refused the grammar")
+            ll.llama_sampler_chain_add(chain, grammar)
         if sp.temperature == 0.0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return chain

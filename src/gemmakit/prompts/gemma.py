@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gemmakit.errors import InvalidRequestError
 from gemmakit.types import AudioPart, ImagePart, Message, Part, TextPart
@@ -118,10 +119,16 @@ def _emit_content(b: _Builder, content: str | Sequence[Part] | None) -> None:
             b.media.append(part)
 
 
-def render_chat(messages: Sequence[Message], *, add_generation_prompt: bool = True) -> Prompt:
-    """Render an OpenAI-style conversation in Gemma's turn format (see the module docstring)."""
+def render_chat(messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                tools: Sequence[dict[str, Any]] = ()) -> Prompt:
+    """Render an OpenAI-style conversation in Gemma's turn format (see the module docstring).
+    `tools`: function declarations to show the model (prompts/gemma_tools.py)."""
     if not messages:
         raise InvalidRequestError("'messages' must contain at least one message.", param="messages")
+    if tools or any(m.role == "tool" or m.tool_calls for m in messages):
+        from gemmakit.prompts.gemma_tools import fold_tools
+
+        messages = fold_tools(messages, tools)
 
     system_prefix = ""
     turns = list(enumerate(messages))

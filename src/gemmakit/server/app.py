@@ -139,7 +139,8 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
         t0 = time.perf_counter()
         try:
             engine = await asyncio.to_thread(load_engine)
-            runtime.service = ObservedService(engine, model_name)  # reports to monitoring
+            # reports to monitoring
+            runtime.service = ObservedService(engine, model_name, tool_parser=settings.tool_parser)
             runtime.engine = engine
         except Exception as e:
             runtime.load_error = type(e).__name__

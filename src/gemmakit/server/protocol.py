@@ -28,6 +28,7 @@ from gemmakit.types import (
     Seed,
     Temperature,
     TextPart,
+    ToolCall,
     TopK,
     TopLogprobs,
     TopP,
@@ -151,6 +152,7 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: TopLogprobs | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
     def sampling(self) -> SamplingParams:
@@ -167,13 +169,8 @@ class ChatCompletionRequest(_SamplingFields):
         return sp
 
     def check_supported(self) -> None:
-        """Fields this server cannot honour yet are refused, never silently ignored."""
-        if self.tools:
-            raise InvalidRequestError("tool calling is not supported by this server yet.",
-                                      param="tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise InvalidRequestError("only response_format type 'text' is supported by this "
-                                      "server yet.", param="response_format")
+        """Fields this server cannot honour are refused, never silently ignored. (tools,
+        tool_choice and response_format are checked by gemmakit.tools.chat.ToolPlan.)"""
 
     def to_messages(self) -> list[Message]:
         return [_to_message(i, m) for i, m in enumerate(self.messages)]
@@ -238,9 +235,9 @@ def _to_part(part: Any, param: str) -> Part:
 
 
 def _to_message(i: int, m: ChatMessage) -> Message:
-    if m.role == "tool" or m.tool_calls:
-        raise InvalidRequestError("tool messages are not supported by this server yet.",
-                                  param=f"messages[{i}]")
+    if m.tool_calls and m.role != "assistant":
+        raise InvalidRequestError(f"messages[{i}]: only assistant messages carry tool_calls.",
+                                  param=f"messages[{i}].tool_calls")
     content: str | list[Part] | None
     if isinstance(m.content, list):
         content = [_to_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content)]
@@ -248,5 +245,7 @@ def _to_message(i: int, m: ChatMessage) -> Message:
         content = m.content
     if content is None and m.role != "assistant":
         raise InvalidRequestError(f"messages[{i}] has no content.", param=f"messages[{i}].content")
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+                  for c in m.tool_calls or ())
     return Message(role=m.role if m.role != "developer" else "system", content=content,
-                   name=m.name)
+                   name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id)

@@ -163,9 +163,9 @@ def test_empty_conversation_refused():
      "messages[1].role", "system"),
     ([Message("user", "a"), Message("assistant", "b"), Message("developer", "s"),
       Message("user", "c")], "messages[2].role", "system"),
-    # a tool role
+    # a tool message that answers no call
     ([Message("user", "a"), Message("assistant", "b"), Message("tool", "42")],
-     "messages[2].role", "tool"),
+     "messages[2].tool_call_id", "tool"),
     # two users in a row
     ([Message("user", "a"), Message("user", "b")], "messages[1].role", "alternate"),
     ([Message("system", "s"), Message("user", "a"), Message("user", "b")],

@@ -130,7 +130,7 @@ def test_semantic_sampling_errors(make_client):
     c = make_client()
     assert_openai_error(c.post(CHAT, json=chat_body(top_logprobs=2)), 400, param="top_logprobs")
     assert_openai_error(c.post(CHAT, json=chat_body(tools=[{"type": "function", "function": {
-        "name": "f", "parameters": {}}}])), 400, param="tools")
+        "name": "not a name", "parameters": {}}}])), 400, param="tools[0].function.name")
     assert_openai_error(c.post("/v1/completions", json={
         "model": MODEL, "prompt": "x", "echo": True}), 400, param="echo")
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from gemmakit.errors import InvalidRequestError
 from gemmakit.server.protocol import ChatCompletionRequest, CompletionRequest
-from gemmakit.types import AudioPart, ImagePart, Message, SamplingParams, TextPart
+from gemmakit.types import AudioPart, ImagePart, Message, SamplingParams, TextPart, ToolCall
 
 MSGS = [{"role": "user", "content": "hi"}]
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00fake"
@@ -182,18 +182,10 @@ def test_include_usage_only_when_streaming():
 
 
 # --- check_supported() ------------------------------------------------------------------------
-def test_tools_refused_naming_the_param():
+def test_tools_and_response_format_are_left_to_the_tool_plan():
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    with pytest.raises(InvalidRequestError) as ei:
-        chat(tools=tools).check_supported()
-    assert ei.value.param == "tools"
-
-
-def test_non_text_response_format_refused():
-    with pytest.raises(InvalidRequestError) as ei:
-        chat(response_format={"type": "json_object"}).check_supported()
-    assert ei.value.param == "response_format"
-    chat(response_format={"type": "text"}).check_supported()
+    chat(tools=tools, tool_choice="required", parallel_tool_calls=False,
+         response_format={"type": "json_object"}).check_supported()
     chat().check_supported()
 
 
@@ -287,23 +279,23 @@ def test_audio_decoded_and_bad_audio_refused():
     assert ei.value.param == "messages[0].content[0].input_audio.data"
 
 
-def test_tool_messages_refused():
+def test_tool_messages_and_tool_calls_are_converted():
     req = chat(messages=[{"role": "user", "content": "a"},
-                         {"role": "tool", "content": "42", "tool_call_id": "c1"}])
-    with pytest.raises(InvalidRequestError) as ei:
-        req.to_messages()
-    assert ei.value.param is not None and ei.value.param.startswith("messages[1]")
-
-
-def test_assistant_tool_calls_refused():
-    req = chat(messages=[{"role": "user", "content": "a"},
-                         {"role": "assistant", "tool_calls": [
+                         {"role": "assistant", "content": None, "tool_calls": [
                              {"id": "c1", "type": "function",
                               "function": {"name": "f", "arguments": "{}"}}]},
-                         {"role": "user", "content": "b"}])
+                         {"role": "tool", "content": "42", "tool_call_id": "c1"}])
+    _, assistant, tool = req.to_messages()
+    assert assistant.tool_calls == (ToolCall("c1", "f", "{}"),)
+    assert (tool.role, tool.content, tool.tool_call_id) == ("tool", "42", "c1")
+
+
+def test_tool_calls_on_a_user_message_refused():
+    req = chat(messages=[{"role": "user", "content": "a", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])
     with pytest.raises(InvalidRequestError) as ei:
         req.to_messages()
-    assert ei.value.param is not None and ei.value.param.startswith("messages[1]")
+    assert ei.value.param == "messages[0].tool_calls"
 
 
 def test_user_message_without_content_refused():

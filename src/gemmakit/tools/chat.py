@@ -1,0 +1,213 @@
+"""The tool plan of one chat request: what the prompt declares, what the engine is constrained to,
+and how the reply becomes OpenAI `content` + `tool_calls`.
+
+| request                                   | prompt         | constraint             | reply     |
+|-------------------------------------------|----------------|------------------------|-----------|
+| no tools, or `tool_choice: "none"`        | no declarations| none (or response_format)| text as is|
+| `tool_choice: "auto"` (default with tools)| declarations   | none (or call-or-schema) | parsed    |
+| `"required"` / `{"function": {"name"}}`   | declarations   | call grammar           | parsed    |
+| `response_format` json_object/json_schema | —              | schema grammar         | text (JSON)|
+
+Calls leave only after their name is one of the allowed tools and their arguments validate against
+the tool's schema with `jsonschema`; a reply that breaks those rules (possible only without a
+constraint, or when max_tokens cuts a constrained reply) is returned as text, never as a call.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gemmakit.errors import InvalidRequestError, UnsupportedError
+from gemmakit.tools.constraints import (
+    call_schema,
+    json_constraint,
+    response_format_schema,
+    schema_to_gbnf,
+    tool_call_constraint,
+)
+from gemmakit.tools.parsers import CallParser, ParsedCall, StreamingParser, get_parser
+from gemmakit.tools.parsers.base import remainder
+from gemmakit.tools.schema import SchemaError, ToolSpec, parse_tools
+from gemmakit.types import Capabilities, Constraint, FinishReason
+
+log = logging.getLogger("gemmakit.tools")
+
+Mode = Literal["none", "auto", "required"]
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class Outcome:
+    """A finished choice: content, OpenAI tool_calls entries, finish_reason."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+def tool_call_entry(call: ParsedCall) -> dict[str, Any]:
+    return {"id": new_call_id(), "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json}}
+
+
+@dataclass
+class ToolPlan:
+    tools: list[ToolSpec] = field(default_factory=list)
+    """Tools the model may call (after tool_choice narrowed them); empty when it may not."""
+    declared: list[ToolSpec] = field(default_factory=list)
+    """Tools shown in the prompt."""
+    mode: Mode = "none"
+    parallel: bool = True
+    constraint: Constraint | None = None
+    constraint_param: str | None = None
+    parser: CallParser | None = None
+    response_schema: dict[str, Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the reply is parsed for calls."""
+        return self.mode != "none" and bool(self.tools)
+
+    @property
+    def declarations(self) -> list[dict[str, Any]]:
+        return [t.declaration() for t in self.declared]
+
+    @classmethod
+    def build(cls, *, tools: Any = None, tool_choice: Any = None,
+              parallel_tool_calls: bool | None = None, response_format: Any = None,
+              parser: str = "json", specs: Sequence[ToolSpec] | None = None) -> ToolPlan:
+        """Check the request's tool fields and compile its constraint (400s name the field and
+        the tool). `specs`: already-built specs (Python API) instead of OpenAI `tools` dicts."""
+        all_tools = list(specs) if specs is not None else (
+            parse_tools(tools) if tools is not None else [])
+        schema = response_format_schema(response_format)
+        plan = cls(parallel=parallel_tool_calls is not False, response_schema=schema)
+        mode, named = _choice(tool_choice, all_tools)
+        plan.mode = mode
+        if mode != "none":
+            plan.tools = [t for t in all_tools if named is None or t.name == named]
+            plan.declared = all_tools
+            plan.parser = get_parser("json" if mode == "required" else parser)
+        if mode == "required":
+            if schema is not None:
+                raise InvalidRequestError("response_format cannot be combined with a forced tool "
+                                          "call (the reply is the call).",
+                                          param="response_format")
+            plan.constraint = tool_call_constraint(plan.tools, plan.parallel)
+            plan.constraint_param = "tool_choice"
+        elif schema is not None:
+            label = ((response_format.get("json_schema") or {}).get("name") or "response"
+                     if isinstance(response_format, dict) else "response")
+            if plan.active:
+                # The model may call or answer: the grammar allows either.
+                plan.constraint = _call_or_answer(plan.tools, plan.parallel, schema, label)
+            else:
+                plan.constraint = json_constraint(schema, label)
+            plan.constraint_param = "response_format"
+        return plan
+
+    def check_engine(self, capabilities: Capabilities, model_name: str) -> None:
+        if self.constraint is not None and not capabilities.constraints:
+            raise UnsupportedError(f"the engine serving '{model_name}' cannot constrain "
+                                   "generation with a grammar.", param=self.constraint_param)
+
+    # --- replies ------------------------------------------------------------------------------
+    def finish(self, text: str, finish_reason: FinishReason | None) -> Outcome:
+        """The non-streaming path."""
+        if not self.active:
+            return Outcome(text, [], finish_reason)
+        assert self.parser is not None
+        result = self.parser.parse(text)
+        return self._outcome(text, result.content, result.calls, finish_reason)
+
+    def streamer(self) -> ToolStream:
+        return ToolStream(self)
+
+    def _valid(self, calls: list[ParsedCall]) -> list[ParsedCall] | None:
+        if not calls or (len(calls) > 1 and not self.parallel):
+            return None
+        by_name = {t.name: t for t in self.tools}
+        for c in calls:
+            spec = by_name.get(c.name)
+            if spec is None:
+                log.info("reply calls unknown function %r: returned as text", c.name[:64])
+                return None
+            err = spec.validate(c.arguments)
+            if err is not None:
+                log.info("reply's arguments for %r do not validate (%s): returned as text",
+                         c.name, err[:200])
+                return None
+        return calls
+
+    def _outcome(self, text: str, content: str | None, calls: list[ParsedCall],
+                 finish_reason: FinishReason | None) -> Outcome:
+        valid = self._valid(calls)
+        if valid is None:
+            return Outcome(text.strip() or None, [], finish_reason)
+        return Outcome(content, [tool_call_entry(c) for c in valid], "tool_calls")
+
+
+class ToolStream:
+    """Streaming replies of one choice: prose deltas as they come, calls at the end."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        assert plan.parser is not None
+        self._sp = StreamingParser(plan.parser)
+
+    def feed(self, delta: str) -> str:
+        return self._sp.feed(delta)
+
+    def finish(self, finish_reason: FinishReason | None) -> tuple[str, Outcome]:
+        """(content left to send, outcome)."""
+        _, result = self._sp.finish()
+        out = self.plan._outcome(self._sp.text, result.content, result.calls, finish_reason)
+        return remainder(self._sp.sent, out.content), out
+
+
+def _choice(tool_choice: Any, tools: list[ToolSpec]) -> tuple[Mode, str | None]:
+    """(mode, named function) from OpenAI's tool_choice."""
+    if tool_choice is None:
+        return ("auto" if tools else "none"), None
+    if not tools and tool_choice != "none":
+        raise InvalidRequestError("tool_choice needs tools.", param="tool_choice")
+    if tool_choice in ("none", "auto", "required"):
+        return tool_choice, None
+    if isinstance(tool_choice, dict) and tool_choice.get("type", "function") == "function":
+        name = (tool_choice.get("function") or {}).get("name")
+        if not isinstance(name, str):
+            raise InvalidRequestError("tool_choice.function.name is required.",
+                                      param="tool_choice.function.name")
+        if name not in {t.name for t in tools}:
+            raise InvalidRequestError(f"tool_choice names '{name[:64]}', which is not among the "
+                                      "tools.", param="tool_choice.function.name")
+        return "required", name
+    raise InvalidRequestError("tool_choice must be 'none', 'auto', 'required' or "
+                              '{"type": "function", "function": {"name": ...}}.',
+                              param="tool_choice")
+
+
+def _call_or_answer(tools: list[ToolSpec], parallel: bool, schema: dict[str, Any],
+                    label: str) -> Constraint:
+    calls = call_schema(tools, parallel)
+    defs = calls.pop("$defs")
+    answer_defs = schema.get("$defs") or schema.get("definitions")
+    if answer_defs:  # two schemas with their own $defs: keep them apart rather than merge
+        raise InvalidRequestError("a response_format schema with $defs cannot be combined with "
+                                  "tool_choice 'auto'; use one or the other.",
+                                  param="response_format")
+    try:
+        grammar = schema_to_gbnf({"anyOf": [calls, schema], "$defs": defs})
+    except SchemaError:
+        tool_call_constraint(tools, parallel)  # raises naming the tool if a tool is the cause
+        json_constraint(schema, label)  # raises naming the schema if it is the cause
+        raise InvalidRequestError("the tools and the response_format schema cannot be combined "
+                                  "into one grammar.", param="response_format") from None
+    return Constraint("grammar", grammar)
