@@ -14,7 +14,6 @@ from typing import Any
 from gemmakit.cli.common import ENGINE_FLAGS, settings_flags
 
 HELP = "Evaluate a model: quality suites (quality) or tool calling (tools)."
-_TOOLS_MODULE = "gemmakit.tools.evaluate"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,33 +39,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.set_defaults(_eval=run_quality)
 
     t = sub.add_parser("tools", help="Tool-calling evaluation (gemmakit.tools.evaluate).",
-                       description="Tool-calling evaluation: see `gemmakit eval tools --help`.")
-    try:
-        import importlib
+                       description="Tool-calling evaluation: schema-valid, right-function and "
+                       "argument exact-match rates, constrained and not (docs/tools.md).")
+    from gemmakit.tools import evaluate  # light at import time: heavy work happens in run()
 
-        importlib.import_module(_TOOLS_MODULE).add_arguments(t)
-        t.set_defaults(_eval=_run_tools)
-    except ModuleNotFoundError as e:
-        if e.name not in ("gemmakit.tools", _TOOLS_MODULE):
-            raise  # the module is there but broken: say so, do not hide it
-        t.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        t.set_defaults(_eval=_tools_missing)
+    evaluate.add_arguments(t)
+    t.set_defaults(_eval=evaluate.run)
 
 
 def run(ns: argparse.Namespace) -> int:
     return ns._eval(ns)
-
-
-def _run_tools(ns: argparse.Namespace) -> int:
-    import importlib
-
-    return importlib.import_module(_TOOLS_MODULE).run(ns)
-
-
-def _tools_missing(ns: argparse.Namespace) -> int:
-    print(f"gemmakit: error: the tool-calling evaluation ({_TOOLS_MODULE}) is not part of this "
-          "installation of gemmakit", file=sys.stderr)
-    return 2
 
 
 def suite_path(spec: str) -> Path:
