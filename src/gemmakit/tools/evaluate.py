@@ -100,6 +100,19 @@ def load_set(path: str | Path) -> list[Item]:
     return items
 
 
+def pick(items: list[Item], per_category: int | None) -> list[Item]:
+    """The first `per_category` items of each category, in set order (all when None)."""
+    if per_category is None:
+        return items
+    seen: Counter[str] = Counter()
+    out = []
+    for it in items:
+        seen[it.category] += 1
+        if seen[it.category] <= per_category:
+            out.append(it)
+    return out
+
+
 def _canon(name: str, args: Any) -> tuple[str, str]:
     return name, json.dumps(args, sort_keys=True, ensure_ascii=False)
 
@@ -204,6 +217,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Most tokens per reply (default 160).")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="Only the first N items of the set.")
+    p.add_argument("--per-category", type=int, default=None, metavar="N",
+                   help="Only the first N items of each category (a quick, balanced run).")
     p.add_argument("--output", metavar="FILE.json",
                    help="Also write every reply and its scores to this JSON file.")
     settings_flags(p, ENGINE_FLAGS)
@@ -219,7 +234,7 @@ def run(ns: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ConfigError(f"unknown mode '{bad[0]}' (modes: {', '.join(MODES)})")
-    items = load_set(ns.set)[: ns.limit]
+    items = pick(load_set(ns.set), ns.per_category)[: ns.limit]
     settings = load_settings(ns)
     ref = resolve(settings.model, settings.models_dir)
     engine = engine_class(settings.engine).from_settings(ref, settings)

@@ -110,6 +110,18 @@ class TestEvaluate:
             for e in it.expected:
                 assert specs[e["name"]].validate(e["arguments"]) is None, it.id
 
+    def test_per_category_keeps_the_first_items_of_each(self):
+        from pathlib import Path
+
+        from gemmakit.tools.evaluate import load_set, pick
+
+        items = load_set(Path(__file__).parents[3] / "evals" / "tools.jsonl")
+        one = pick(items, 1)
+        assert len(one) == len({i.category for i in items})
+        assert [i.id for i in one] == [next(j.id for j in items if j.category == i.category)
+                                       for i in one]
+        assert pick(items, None) == items
+
     def test_scores_and_table(self, engine, tmp_path):
         from gemmakit.tools.evaluate import evaluate, load_set, table
 
