@@ -116,9 +116,10 @@ class _Engine:
 
         self.loop = asyncio.new_event_loop()
         # The serving configuration: the batching scheduler with `parallel` slots, one in use.
+        # The prefix cache is off: every run prefills its prompt, as bare Llama does after reset.
         self.eng = LlamaCppEngine(cfg["path"], context_length=cfg["context_length"],
                                   threads=cfg["threads"], batch_size=cfg["batch_size"],
-                                  parallel=cfg["parallel"])
+                                  parallel=cfg["parallel"], prefix_cache=False)
 
     def tokenize(self, text: str) -> list[int]:
         return self.eng.tokenize(text)
@@ -208,7 +209,7 @@ class _Http:
                "--served-model-name", "bench", "--port", str(port),
                "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
                "--batch-size", str(cfg["batch_size"]), "--parallel", str(cfg["parallel"]),
-               "--log-level", "warning"]
+               "--no-prefix-cache", "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{port}"

@@ -1,9 +1,8 @@
 """Raw llama-cpp-python batched greedy decoding: the physical reference for the llama.cpp engine.
 
 No server, no scheduler, no sampler chain: one `llama_batch` per step holding every sequence,
-argmax over each sequence's logits. The step schedule mirrors the engine's (all prompts but their
-last token, then the last tokens, then one token per sequence per step), so the two can be
-compared token for token — llama.cpp's kernels are not bit-exact across batch shapes.
+argmax over each sequence's logits. The step schedule mirrors the engine's (all prompts in one step,
+then one token per sequence per step), so the two can be compared token for token — llama.cpp's kernels are not bit-exact across batch shapes.
 """
 
 from __future__ import annotations
@@ -68,11 +67,12 @@ class RawBatch:
         out: list[list[int]] = [[] for _ in prompts]
         step_times = []
         t = time.perf_counter()
-        self._decode([(tok, pos, s, False) for s, p in enumerate(prompts)
-                      for pos, tok in enumerate(p[:-1])])
-        self._decode([(p[-1], len(p) - 1, s, True) for s, p in enumerate(prompts)])
+        items = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(prompts)
+                 for pos, tok in enumerate(p)]
+        self._decode(items)
+        last = [i for i, it in enumerate(items) if it[3]]  # batch index of each prompt's end
         for s in range(len(prompts)):
-            out[s].append(self._argmax(s))
+            out[s].append(self._argmax(last[s]))
         step_times.append(time.perf_counter() - t)
         for k in range(1, n_tokens):
             t = time.perf_counter()

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gemmakit.engine.llamacpp")
 
+MIN_PREFIX_REUSE = 32  # tokens: shorter shared prefixes are recomputed
+
 _llama = None
 
 
@@ -465,7 +467,12 @@ class LlamaCppEngine:
                                 and slot.last_used < best.last_used):
                 best, best_len = slot, n
         assert best is not None
-        keep = min(best_len, len(prompt) - 1)  # the last prompt token is always re-decoded
+        # A prompt the cache holds whole (a retry, a regenerated reply) is computed afresh:
+        # llama.cpp's kernels are not bit-exact across batch shapes, and recomputing the prompt
+        # the way it was first computed keeps "same prompt, same seed, same output".
+        # A short shared prefix (the turn markup every chat starts with) saves nothing and would
+        # make the numerics depend on what ran before, so only a real prefix is reused.
+        keep = best_len if MIN_PREFIX_REUSE <= best_len < len(prompt) else 0
         if not self._ll.llama_memory_seq_rm(self._mem, best.seq_id, keep, -1):
             keep = 0  # partial removal refused (cannot happen with a full cache): start over
             self._ll.llama_memory_seq_rm(self._mem, best.seq_id, -1, -1)
@@ -528,11 +535,7 @@ class LlamaCppEngine:
             if not seq.prefilling or budget <= 0:
                 continue
             prompt = seq.request.prompt_tokens
-            left = len(prompt) - seq.n_prompt_done
-            # The last prompt token always goes in a step of its own (with other sequences'
-            # decode tokens, if any): its logits then come out the same whether the prefix was
-            # computed now or reused from the cache, so a seed reproduces its output.
-            take = min(budget, left - 1 if left > 1 else 1)
+            take = min(budget, len(prompt) - seq.n_prompt_done)
             for j in range(take):
                 self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j,
                                 seq.slot.seq_id, False)
