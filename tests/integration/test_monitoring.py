@@ -4,6 +4,8 @@ suite through the server and in-process (reference perplexity by teacher forcing
 
 from __future__ import annotations
 
+import time
+
 import json
 
 import pytest
@@ -33,7 +35,15 @@ def test_metrics_match_the_usage_clients_saw(client, http):
     usage = [e.usage for e in stream if e.usage][0]
     prompt_tokens += usage.prompt_tokens
     completion_tokens += usage.completion_tokens
-    after = _values(http.get("/metrics").text)
+    # A request is reported when its last byte has gone out, which can be just after the client
+    # has read it: wait (briefly) until both requests are in.
+    key = ("gemmakit_requests_total", tuple(sorted({"model": MODEL, "status": "200"}.items())))
+    deadline = time.time() + 10
+    while True:
+        after = _values(http.get("/metrics").text)
+        if after.get(key, 0.0) - before.get(key, 0.0) >= 2 or time.time() > deadline:
+            break
+        time.sleep(0.05)
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted({"model": MODEL, **labels}.items())))
