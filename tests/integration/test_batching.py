@@ -189,6 +189,79 @@ def test_prefix_reuse_on_multi_turn(batch_engine):
     assert sb.cached_prompt_tokens >= n1  # the whole first turn was reused
 
 
+def test_running_sequences_keep_contiguous_ids(batch_engine):
+    """llama.cpp runs each run of consecutive sequence ids as its own micro-batch (a whole extra
+    pass over the weights), so a newcomer takes the free id that keeps the running ids in one run:
+    here the gap a cancelled request leaves in the middle."""
+    eng = batch_engine
+
+    def running_ids():
+        return {s["seq_id"] for s in eng.kv_accounting()["slots"] if s["running"]}
+
+    async def go():
+        streams = []
+        for i in range(4):
+            (s,) = eng.submit([_req(eng, PROMPTS[i], max_tokens=300, ignore_eos=True, seed=i)])
+            await s.__anext__()  # admitted and generating
+            streams.append(s)
+        ids = sorted(s.seq_id for s in streams)
+        assert ids == list(range(ids[0], ids[0] + 4)), ids
+        middle = next(s for s in streams if s.seq_id == ids[1])
+        await middle.aclose()
+        while eng.health().requests_running > 3:
+            await asyncio.sleep(0.01)
+        (new,) = eng.submit([_req(eng, PROMPTS[5], max_tokens=300, ignore_eos=True)])
+        await new.__anext__()
+        got = new.seq_id, running_ids()
+        for s in (*streams, new):
+            await s.aclose()
+        return ids, got
+
+    ids, (new_id, running) = asyncio.run(go())
+    assert new_id == ids[1]
+    assert running == set(ids)
+    deadline = time.time() + 10
+    while eng.health().requests_running and time.time() < deadline:
+        time.sleep(0.05)
+    assert eng.kv_accounting()["consistent"]
+
+
+def test_shared_prefix_is_copied_from_a_running_request(batch_engine):
+    """Two requests with the same long system prompt, the second arriving while the first still
+    generates: the second starts from a copy of the first one's cells (in its own sequence id) and
+    computes only its own suffix; it reads exactly what a fresh computation gives."""
+    eng = batch_engine
+    shared = [2, *eng.tokenize("You are a careful assistant who answers questions about the "
+                               "history of printing, paper and ink in plain words. " * 3)]
+    second = shared + eng.tokenize(" Who invented movable type?")
+
+    async def go():
+        (first,) = eng.submit([GenerationRequest(
+            prompt_tokens=shared + eng.tokenize(" Tell me about paper."), request_id="a",
+            sampling=SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))])
+        await first.__anext__()
+        (s,) = eng.submit([GenerationRequest(prompt_tokens=second, request_id="b",
+                                             sampling=SamplingParams(max_tokens=1,
+                                                                     temperature=0))])
+        ids, stats = await _collect_stats(s)
+        acct = eng.kv_accounting()
+        await first.aclose()
+        return ids, stats, acct, first.seq_id, s.seq_id
+
+    ids, stats, acct, first_id, second_id = asyncio.run(go())
+    assert first_id != second_id
+    assert stats.cached_prompt_tokens >= len(shared)
+    assert acct["consistent"], acct
+    fresh = LlamaCppEngine(eng.model_path, context_length=512, parallel=1, prefix_cache=False)
+    try:
+        alone, _ = asyncio.run(_collect_stats(fresh.stream(GenerationRequest(
+            prompt_tokens=second, request_id="c",
+            sampling=SamplingParams(max_tokens=1, temperature=0)))))
+    finally:
+        asyncio.run(fresh.aclose())
+    assert ids == alone
+
+
 async def _collect_stats(stream):
     ids, stats = [], None
     async for c in stream:

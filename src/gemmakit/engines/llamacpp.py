@@ -192,6 +192,12 @@ class SequenceStream:
     async def aclose(self) -> None:
         self.cancel()
 
+    @property
+    def seq_id(self) -> int | None:
+        """The llama.cpp sequence id this request runs in (None while it waits)."""
+        slot = self._seq.slot
+        return slot.seq_id if slot is not None else None
+
     def cancel(self) -> None:
         if not self._seq.finished:
             self._seq.cancelled = True
@@ -454,31 +460,49 @@ class LlamaCppEngine:
                 self._waiting.clear()
 
     def _admit_locked(self, seq: _Sequence) -> None:
-        """Give `seq` the free slot whose cached prefix matches its prompt longest (else the
-        least recently used one) and drop the cells past the shared prefix."""
+        """Give `seq` a free slot and seed it with the longest reusable cached prefix.
+
+        Which slot: one that keeps the running sequence ids contiguous. llama.cpp splits a batch
+        over separate KV streams into one micro-batch per run of consecutive sequence ids, and
+        each micro-batch reads all the weights again, so scattered ids would cost a whole extra
+        forward pass per step. What it starts with: the longest prompt prefix held by any slot
+        (an idle slot's cache or a running sequence's cells); when that is another slot, its
+        cells are copied across (a memory copy, far cheaper than recomputing them)."""
         busy = {s.slot.seq_id for s in self._active if s.slot is not None}
         prompt = seq.request.prompt_tokens
-        best, best_len = None, -1
-        for slot in self._slots:
-            if slot.seq_id in busy:
-                continue
-            n = _common_prefix(slot.cached, prompt) if self.prefix_cache else 0
-            if n > best_len or (n == best_len and best is not None
-                                and slot.last_used < best.last_used):
-                best, best_len = slot, n
-        assert best is not None
-        # A prompt the cache holds whole (a retry, a regenerated reply) is computed afresh:
-        # llama.cpp's kernels are not bit-exact across batch shapes, and recomputing the prompt
-        # the way it was first computed keeps "same prompt, same seed, same output".
-        # A short shared prefix (the turn markup every chat starts with) saves nothing and would
-        # make the numerics depend on what ran before, so only a real prefix is reused.
-        keep = best_len if MIN_PREFIX_REUSE <= best_len < len(prompt) else 0
-        if not self._ll.llama_memory_seq_rm(self._mem, best.seq_id, keep, -1):
+        free = [slot for slot in self._slots if slot.seq_id not in busy]
+        assert free
+        held = {slot.seq_id: slot.cached for slot in free}
+        held.update({s.slot.seq_id: s.tokens_in_kv() for s in self._active
+                     if s.slot is not None})
+
+        def reusable(seq_id: int) -> int:
+            if not self.prefix_cache:
+                return 0
+            n = _common_prefix(held[seq_id], prompt)
+            # A prompt the cache holds whole (a retry, a regenerated reply) is computed afresh:
+            # llama.cpp's kernels are not bit-exact across batch shapes, and recomputing the
+            # prompt the way it was first computed keeps "same prompt, same seed, same output".
+            # A short shared prefix (the turn markup every chat starts with) saves nothing and
+            # would make the numerics depend on what ran before, so only a real prefix counts.
+            return n if MIN_PREFIX_REUSE <= n < len(prompt) else 0
+
+        reuse = {seq_id: reusable(seq_id) for seq_id in held}
+        target = min(free, key=lambda slot: (_runs(busy | {slot.seq_id}), -reuse[slot.seq_id],
+                                             slot.last_used, slot.seq_id))
+        source = max(reuse, key=lambda seq_id: (reuse[seq_id], seq_id == target.seq_id))
+        keep = reuse[source]
+        ll = self._ll
+        if keep and source != target.seq_id:
+            # Separate KV streams: the copy takes the source's whole stream (applied at the next
+            # decode), then the cells past the shared prefix are dropped.
+            ll.llama_memory_seq_cp(self._mem, source, target.seq_id, -1, -1)
+        if not ll.llama_memory_seq_rm(self._mem, target.seq_id, keep, -1):
             keep = 0  # partial removal refused (cannot happen with a full cache): start over
-            self._ll.llama_memory_seq_rm(self._mem, best.seq_id, -1, -1)
-        seq.slot = best
+            ll.llama_memory_seq_rm(self._mem, target.seq_id, -1, -1)
+        seq.slot = target
         seq.n_past = seq.n_prompt_done = seq.cached_prompt = keep
-        best.cached = []
+        target.cached = []
         seq.t_start = time.perf_counter()
         seq.sampler = self._make_sampler(seq.request)
         seq.stops = StopMatcher(seq.request.sampling.stop)
@@ -515,39 +539,46 @@ class LlamaCppEngine:
         self._force_end = None
 
     def _step(self) -> None:
-        """One llama_decode: a token for every decoding sequence first, then prompt chunks for
-        prefilling ones (at most `prefill_chunk` tokens while others decode, so a long prompt
-        never stalls the running streams for long); then sample where logits were computed."""
-        batch = self._batch
-        n = 0
-        sample_at: list[tuple[_Sequence, int]] = []  # (sequence, batch index of its logits)
-        active = list(self._active)
-        decoding = [s for s in active if not s.prefilling]
-        for seq in decoding:
-            self._batch_add(n, seq.generated[-1], seq.n_past, seq.slot.seq_id, True)
-            sample_at.append((seq, n))
-            seq.n_past += 1
-            n += 1
-        budget = self.batch_size - n
+        """One llama_decode: a token for every decoding sequence, plus prompt chunks for
+        prefilling ones (first come, first served; at most `prefill_chunk` tokens while others
+        decode, so a long prompt never stalls the running streams for long); then sample where
+        logits were computed. Entries go into the batch in sequence-id order, which is what lets
+        llama.cpp run contiguous ids as one micro-batch."""
+        plan: list[tuple[_Sequence, int]] = []  # (sequence, tokens it feeds this step)
+        decoding = [s for s in self._active if not s.prefilling]
+        plan.extend((s, 1) for s in decoding)
+        budget = self.batch_size - len(decoding)
         if decoding:
             budget = min(budget, self.prefill_chunk)
-        for seq in active:
-            if not seq.prefilling or budget <= 0:
+        for seq in self._active:
+            if seq.prefilling and budget > 0:
+                take = min(budget, len(seq.request.prompt_tokens) - seq.n_prompt_done)
+                plan.append((seq, take))
+                budget -= take
+        plan.sort(key=lambda item: item[0].slot.seq_id)
+
+        n = 0
+        sample_at: list[tuple[_Sequence, int]] = []  # (sequence, batch index of its logits)
+        for seq, take in plan:
+            seq_id = seq.slot.seq_id
+            if not seq.prefilling:
+                self._batch_add(n, seq.generated[-1], seq.n_past, seq_id, True)
+                sample_at.append((seq, n))
+                seq.n_past += 1
+                n += 1
                 continue
             prompt = seq.request.prompt_tokens
-            take = min(budget, len(prompt) - seq.n_prompt_done)
             for j in range(take):
-                self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j,
-                                seq.slot.seq_id, False)
+                self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j, seq_id,
+                                False)
             n += take
-            budget -= take
             seq.n_past += take
             seq.n_prompt_done += take
-            if not seq.prefilling:
-                batch.logits[n - 1] = True
+            if not seq.prefilling:  # the prompt's last token: its logits give the first token
+                self._batch.logits[n - 1] = True
                 sample_at.append((seq, n - 1))
-        batch.n_tokens = n
-        rc = self._ll.llama_decode(self._ctx, batch)
+        self._batch.n_tokens = n
+        rc = self._ll.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         for seq, idx in sample_at:
@@ -679,6 +710,9 @@ class LlamaCppEngine:
         return chain
 
 
+def _runs(ids: set[int]) -> int:
+    """How many runs of consecutive integers `ids` forms ({0, 1, 2, 5} has two)."""
+    return sum(1 for i in ids if i - 1 not in ids)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
