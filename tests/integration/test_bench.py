@@ -40,6 +40,8 @@ def test_concurrency_bench_json_and_plot(gemmakit_home, model_path, tmp_path):
         assert lv["completion_tokens"] == lv["concurrency"] * 8  # ignore_eos: exact
         assert lv["raw_batched_tokens_per_s"] > 0 and lv["aggregate_tokens_per_s"] > 0
         assert lv["ttft_p50_s"] <= lv["ttft_p99_s"]
+        assert 0 < lv["burst_ttft_p50_s"] <= lv["burst_ttft_max_s"]
+    assert rep["levels"][0]["stagger_s"] == 0 < rep["levels"][1]["stagger_s"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -130,3 +130,17 @@ def test_split_characters_are_held_until_complete(engine):
     # And through the engine: a completion forced to repeat such characters stays valid.
     got, _, _ = asyncio.run(_run(engine, _req(engine, "𓀀𓀀𓀀𓀀𓀀𓀀", temperature=0, max_tokens=24)))
     assert "\ufffd" not in got
+
+
+def test_greedy_logit_bias_steers_and_bans(engine):
+    """Plain greedy decoding takes the argmax itself (no sampler chain): a logit bias still
+    steers it and a -100 bias still bans the token it would have chosen."""
+    _, ids, _ = asyncio.run(_run(engine, _req(engine, "The weather today", temperature=0,
+                                              max_tokens=6)))
+    _, banned, _ = asyncio.run(_run(engine, _req(engine, "The weather today", temperature=0,
+                                                 max_tokens=6, logit_bias={ids[0]: -100})))
+    assert banned[0] != ids[0]
+    forced = engine.tokenize(" banana")[0]
+    _, steered, _ = asyncio.run(_run(engine, _req(engine, "The weather today", temperature=0,
+                                                  max_tokens=3, logit_bias={forced: 100})))
+    assert steered == [forced] * 3

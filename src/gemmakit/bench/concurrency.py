@@ -2,12 +2,16 @@
 against raw llama-cpp-python batched decoding of the same number of sequences.
 
 Per level c: c clients each stream `--requests-per-stream` completions back to back (128 tokens,
-end-of-generation ignored, distinct prompts). Reported: aggregate decode tokens/s (all completion
-tokens / wall time of the level), time to first token p50/p99, time per output token p50/p99
-(per request: (last token time - first token time) / (tokens - 1)), inter-token latency p99 (gaps
-between consecutive streamed chunks, over all requests), and requests refused (429). The raw
-reference (`bench/raw.py`) runs in its own process just before each level, with nothing else
-running, as a physical ceiling for the engine.
+end-of-generation ignored, distinct prompts), starting one after another over the span of one
+request (a linear ramp-up), so that requests arrive while others run, as real traffic does.
+Reported: aggregate decode tokens/s in the steady state (token events while all c clients were
+running / that window; `overall_tokens_per_s` is all tokens / wall time, ramp included), time to
+first token p50/p99, time per output token p50/p99 (per request: (last token time - first token
+time) / (tokens - 1)), inter-token latency p99 (gaps between consecutive streamed chunks, over all
+requests), requests refused (429), and a burst probe: c one-token requests sent in the same instant
+(the last of them waits for all c prompts by physics). The raw reference (`bench/raw.py`) runs in
+its own process just before and just after each level (their mean is the reference), with nothing
+else running, as a physical ceiling for the engine: c sequences decoding together the whole time.
 """
 
 from __future__ import annotations
@@ -55,14 +59,23 @@ def _in_process(fn, *args):
         return pool.apply(fn, args)
 
 
-async def _http_level(base: str, c: int, cfg: dict[str, Any]) -> dict[str, Any]:
+async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
+                      ) -> dict[str, Any]:
+    """c closed-loop clients; client k starts k * `stagger` seconds after the first, so the
+    streams run out of step as real users do (a linear ramp-up, as vLLM's serving benchmark
+    offers) instead of every request arriving in the same instant."""
     import httpx
 
     ttft, tpot, itl = [], [], []
+    events: list[float] = []  # arrival time of every streamed token event
+    first_start: list[float] = []
+    last_end: list[float] = []
     tokens = refused = errors = 0
 
     async def client(k: int, http: httpx.AsyncClient) -> None:
         nonlocal tokens, refused, errors
+        await asyncio.sleep(k * stagger)
+        first_start.append(time.perf_counter())
         for j in range(cfg["requests_per_stream"]):
             body = {"model": "bench", "max_tokens": cfg["gen_tokens"], "temperature": 0,
                     "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
@@ -91,24 +104,52 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any]) -> dict[str, Any]:
                 errors += 1
                 continue
             tokens += n
+            events.extend(times)
             ttft.append(times[0] - t0)
             if n > 1:
                 tpot.append((times[-1] - times[0]) / (n - 1))
             itl.extend(b - a for a, b in zip(times, times[1:]))
+        last_end.append(time.perf_counter())
 
     limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=c + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k, http) for k in range(c)))
         wall = time.perf_counter() - t0
+    # Steady state: from the moment the last client started to the moment the first one ended,
+    # all c streams were running.
+    lo, hi = max(first_start), min(last_end)
+    steady = sum(1 for t in events if lo <= t <= hi) / (hi - lo) if hi > lo + 1 else None
     return {
         "concurrency": c, "requests": c * cfg["requests_per_stream"], "refused": refused,
         "errors": errors, "completion_tokens": tokens, "wall_s": round(wall, 3),
-        "aggregate_tokens_per_s": round(tokens / wall, 2),
+        "stagger_s": round(stagger, 3),
+        "aggregate_tokens_per_s": round(steady if steady is not None else tokens / wall, 2),
+        "overall_tokens_per_s": round(tokens / wall, 2),
+        "steady_window_s": round(hi - lo, 3) if steady is not None else None,
         "ttft_p50_s": _r(_pct(ttft, 0.5)), "ttft_p99_s": _r(_pct(ttft, 0.99)),
         "tpot_p50_s": _r(_pct(tpot, 0.5)), "tpot_p99_s": _r(_pct(tpot, 0.99)),
         "itl_p99_s": _r(_pct(itl, 0.99)),
     }
+
+
+async def _burst(base: str, c: int) -> dict[str, Any]:
+    """c requests sent in the same instant (one token each): their time to first token. The last
+    of them necessarily waits for all c prompts to be read, so this grows with c by physics."""
+    import httpx
+
+    async def one(k: int, http: httpx.AsyncClient) -> float:
+        t0 = time.perf_counter()
+        r = await http.post(f"{base}/v1/completions", json={
+            "model": "bench", "max_tokens": 1, "temperature": 0,
+            "prompt": f"A short essay about {_TOPICS[k % len(_TOPICS)]}: "})
+        r.raise_for_status()
+        return time.perf_counter() - t0
+
+    limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=c + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        lat = await asyncio.gather(*(one(k, http) for k in range(c)))
+    return {"burst_ttft_p50_s": _r(_pct(lat, 0.5)), "burst_ttft_max_s": _r(max(lat))}
 
 
 def _r(x: float | None) -> float | None:
@@ -188,11 +229,22 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
         prompts = [[2, *_filler_ids(cfg, k)] for k in range(max(levels))]
         for c in levels:
             log(f"bench: concurrency {c}: raw llama.cpp batched reference …")
-            raw = _in_process(_raw_level, cfg, c, prompts)
+            raw_before = _in_process(_raw_level, cfg, c, prompts)
             time.sleep(0.3)
             log(f"bench: concurrency {c}: gemmakit HTTP …")
-            level = asyncio.run(_http_level(base, c, cfg))
+            # Ramp-up: one request's expected duration (from the raw per-stream rate) spread
+            # evenly over the c clients.
+            stagger = cfg["gen_tokens"] / raw_before if c > 1 else 0.0
+            level = asyncio.run(_http_level(base, c, cfg, stagger))
+            level.update(asyncio.run(_burst(base, c)))
+            time.sleep(0.3)
+            log(f"bench: concurrency {c}: raw llama.cpp batched reference again …")
+            raw_after = _in_process(_raw_level, cfg, c, prompts)
+            # The reference runs just before and just after the level; their mean is what the
+            # level is compared with, so that drift of the machine hits both sides alike.
+            raw = (raw_before + raw_after) / 2
             level["raw_batched_tokens_per_s"] = round(raw, 2)
+            level["raw_batched_runs_tokens_per_s"] = [round(raw_before, 2), round(raw_after, 2)]
             level["gemmakit_over_raw"] = round(level["aggregate_tokens_per_s"] / raw, 3)
             results.append(level)
     finally:
