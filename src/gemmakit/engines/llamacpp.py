@@ -595,8 +595,15 @@ class LlamaCppEngine:
         rc = self._ll.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+        # One wake-up of each consumer event loop per step, not one per token.
+        out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Chunk]]] = {}
         for seq, idx in sample_at:
-            self._sample(seq, idx)
+            chunk = self._sample(seq, idx)
+            if chunk is not None:
+                out.setdefault(seq.loop, []).append((seq.out, chunk))
+        for loop, items in out.items():
+            with contextlib.suppress(RuntimeError):  # that event loop is already closed
+                loop.call_soon_threadsafe(_deliver, items)
 
     def _batch_add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         b = self._batch
@@ -606,9 +613,10 @@ class LlamaCppEngine:
         b.seq_id[i][0] = seq_id
         b.logits[i] = logits
 
-    def _sample(self, seq: _Sequence, idx: int) -> None:
+    def _sample(self, seq: _Sequence, idx: int) -> Chunk | None:
+        """Sample `seq`'s next token from the logits at batch index `idx`; the chunk to send."""
         if seq.cancelled:
-            return  # dropped at the next step; its logits are not worth sampling
+            return None  # dropped at the next step; its logits are not worth sampling
         ll = self._ll
         req = seq.request
         logprob = None
@@ -648,7 +656,7 @@ class LlamaCppEngine:
             with self._cond:
                 self._retire_locked(seq)
                 self._finish_times.append(now)
-        seq.emit(chunk)
+        return chunk
 
     def _stats(self, seq: _Sequence, now: float) -> ChunkStats:
         first = seq.t_first if seq.t_first is not None else now
@@ -746,6 +754,11 @@ class LlamaCppEngine:
         seed = sp.seed if sp.seed is not None else int.from_bytes(os.urandom(4), "little")
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain, None
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
+    for queue, chunk in items:
+        queue.put_nowait(chunk)
 
 
 def _runs(ids: set[int]) -> int:
