@@ -140,6 +140,7 @@ class _Sequence:
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
     t_first: float | None = None
+    group: object = None  # shared by the sequences of one submit() call (a request's n choices)
 
     def emit(self, chunk: Chunk | BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # the consumer's event loop is already closed
@@ -337,6 +338,7 @@ class LlamaCppEngine:
                                           headers={"Retry-After": "5"})
         loop = asyncio.get_running_loop()
         seqs = []
+        group = object()
         for req in requests:
             n_prompt = len(req.prompt_tokens)
             room = self.context_length - n_prompt
@@ -346,7 +348,7 @@ class LlamaCppEngine:
                                                  max_tokens=req.sampling.max_tokens,
                                                  context_length=self.context_length)
             seqs.append(_Sequence(request=req, loop=loop, out=asyncio.Queue(),
-                                  max_tokens=max_tokens))
+                                  max_tokens=max_tokens, group=group))
         with self._cond:
             free = self.parallel - len(self._active)
             queued = len(self._waiting)
@@ -446,9 +448,13 @@ class LlamaCppEngine:
                         return
                     self._drop_cancelled_locked()
                     while self._waiting and len(self._active) < self.parallel:
-                        seq = self._waiting.popleft()
-                        if not seq.cancelled:
-                            self._admit_locked(seq)
+                        group = [self._waiting.popleft()]
+                        while (self._waiting and self._waiting[0].group is group[0].group
+                               and len(self._active) + len(group) < self.parallel):
+                            group.append(self._waiting.popleft())
+                        group = [seq for seq in group if not seq.cancelled]
+                        if group:
+                            self._admit_locked(group)
                 if self._active:
                     self._step()
         except Exception as e:  # an engine bug or a llama.cpp failure: fail loudly, not silently
@@ -460,8 +466,29 @@ class LlamaCppEngine:
                 self._active.clear()
                 self._waiting.clear()
 
-    def _admit_locked(self, seq: _Sequence) -> None:
-        """Give `seq` a free slot and seed it with the longest reusable cached prefix.
+    def _admit_locked(self, group: list[_Sequence]) -> None:
+        """Admit the sequences of one submit() call. The choices of one request take consecutive
+        ids in choice order where there is room: a token's logits depend (in their last bits)
+        on its position in the batch, and the batch is laid out by id, so this keeps a request
+        with n choices and a seed giving the same n outputs every time."""
+        busy = {s.slot.seq_id for s in self._active if s.slot is not None}
+        k = len(group)
+        if k > 1:
+            blocks = [range(i, i + k) for i in range(self.parallel - k + 1)
+                      if not busy.intersection(range(i, i + k))]
+            if blocks:
+                block = min(blocks, key=lambda r: (_runs(busy | set(r)),
+                                                   max(self._slots[i].last_used for i in r),
+                                                   r.start))
+                for seq, i in zip(group, block):
+                    self._admit_one_locked(seq, self._slots[i])
+                return
+        for seq in group:
+            self._admit_one_locked(seq)
+
+    def _admit_one_locked(self, seq: _Sequence, target: _Slot | None = None) -> None:
+        """Give `seq` a free slot (`target`, if given) and seed it with the longest reusable
+        cached prefix.
 
         Which slot: one that keeps the running sequence ids contiguous. llama.cpp splits a batch
         over separate KV streams into one micro-batch per run of consecutive sequence ids, and
@@ -489,9 +516,14 @@ class LlamaCppEngine:
             return n if MIN_PREFIX_REUSE <= n < len(prompt) else 0
 
         reuse = {seq_id: reusable(seq_id) for seq_id in held}
-        target = min(free, key=lambda slot: (_runs(busy | {slot.seq_id}), -reuse[slot.seq_id],
-                                             slot.last_used, slot.seq_id))
-        source = max(reuse, key=lambda seq_id: (reuse[seq_id], seq_id == target.seq_id))
+        if target is None:
+            target = min(free, key=lambda slot: (_runs(busy | {slot.seq_id}),
+                                                 -reuse[slot.seq_id], slot.last_used,
+                                                 slot.seq_id))
+        # Ties go to the target itself (no copy), then to an idle slot: a running source may
+        # itself be waiting for a copy into it.
+        source = max(reuse, key=lambda seq_id: (reuse[seq_id], seq_id == target.seq_id,
+                                                seq_id not in busy))
         keep = reuse[source]
         ll = self._ll
         if keep and source != target.seq_id:
