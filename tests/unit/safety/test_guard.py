@@ -124,7 +124,7 @@ def test_keys_are_stored_hashed(keys, home):
     _, secret = keys.create("hashed")
     data = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     assert secret.encode() not in data
-    assert secret.split("-")[-1].encode() not in data
+    assert secret.split("-", 2)[2].encode() not in data  # gk-<key id>-<secret part>
 
 
 # --- rate limits ----------------------------------------------------------------------------------
