@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gemmakit.engines.common import TokenText, emit_threadsafe, finish_stats, generation_budget
 from gemmakit.errors import (
     ConfigError,
-    ContextLengthExceededError,
     EngineError,
     OverloadedError,
     ServiceUnavailableError,
 )
-from gemmakit.text import StopMatcher, Utf8Stream
 from gemmakit.types import (
     Capabilities,
     Chunk,
@@ -133,8 +132,7 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     sampler: object = None  # a llama.cpp sampler chain, or None for plain greedy decoding
     greedy_bias: tuple[np.ndarray, np.ndarray] | None = None  # (token ids, added logit)
-    utf8: Utf8Stream = field(default_factory=Utf8Stream)
-    stops: StopMatcher | None = None
+    text: TokenText | None = None
     cancelled: bool = False
     finished: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
@@ -143,8 +141,7 @@ class _Sequence:
     group: object = None  # shared by the sequences of one submit() call (a request's n choices)
 
     def emit(self, chunk: Chunk | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the consumer's event loop is already closed
-            self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
+        emit_threadsafe(self.loop, self.out, chunk)
 
     @property
     def prefilling(self) -> bool:
@@ -340,13 +337,7 @@ class LlamaCppEngine:
         seqs = []
         group = object()
         for req in requests:
-            n_prompt = len(req.prompt_tokens)
-            room = self.context_length - n_prompt
-            max_tokens = req.sampling.max_tokens or room
-            if n_prompt == 0 or room <= 0 or max_tokens > room:
-                raise ContextLengthExceededError(prompt_tokens=n_prompt,
-                                                 max_tokens=req.sampling.max_tokens,
-                                                 context_length=self.context_length)
+            max_tokens = generation_budget(req, self.context_length)
             seqs.append(_Sequence(request=req, loop=loop, out=asyncio.Queue(),
                                   max_tokens=max_tokens, group=group))
         with self._cond:
@@ -538,7 +529,7 @@ class LlamaCppEngine:
         target.cached = []
         seq.t_start = time.perf_counter()
         seq.sampler, seq.greedy_bias = self._make_sampler(seq.request)
-        seq.stops = StopMatcher(seq.request.sampling.stop)
+        seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
         self._active.append(seq)
 
     def _retire_locked(self, seq: _Sequence) -> None:
@@ -560,8 +551,7 @@ class LlamaCppEngine:
 
     def _end_all_locked(self, reason: FinishReason) -> None:
         for seq in list(self._active):
-            text = seq.stops.feed(seq.utf8.flush()) if seq.stops else ""
-            text += seq.stops.flush() if seq.stops else ""
+            text = seq.text.close() if seq.text else ""
             seq.emit(Chunk(text=text, finish_reason=reason,
                            stats=self._stats(seq, time.perf_counter())))
             self._retire_locked(seq)
@@ -666,21 +656,9 @@ class LlamaCppEngine:
         chunk = Chunk(token_ids=[token])
         if logprob is not None:
             chunk.logprobs.append(logprob(token))
-        stops = seq.stops
-        assert stops is not None
-        finish: FinishReason | None = None
-        if token in self.eog_ids or token in req.stop_token_ids:
-            finish = "stop"  # the stop token itself has no text
-            text = stops.feed(seq.utf8.flush())
-        else:
-            text = stops.feed(seq.utf8.feed(self.token_piece(token)))
-            if stops.matched is None and len(seq.generated) >= seq.max_tokens:
-                finish = "length"
-                text += stops.feed(seq.utf8.flush())
-        if stops.matched is not None:
-            finish = "stop"
-        elif finish is not None:
-            text += stops.flush()  # a held-back partial match was ordinary text after all
+        assert seq.text is not None
+        stop = token in self.eog_ids or token in req.stop_token_ids  # no text of its own
+        text, finish = seq.text.feed(None if stop else self.token_piece(token))
         chunk.text = text
         if finish is not None:
             chunk.finish_reason = finish
@@ -691,16 +669,10 @@ class LlamaCppEngine:
         return chunk
 
     def _stats(self, seq: _Sequence, now: float) -> ChunkStats:
-        first = seq.t_first if seq.t_first is not None else now
-        decode_s = now - first
-        return ChunkStats(
-            prompt_tokens=len(seq.request.prompt_tokens),
-            completion_tokens=len(seq.generated),
-            cached_prompt_tokens=seq.cached_prompt,
-            time_to_first_token_s=first - seq.t_submit if seq.t_first is not None else None,
-            decode_tokens_per_s=(len(seq.generated) - 1) / decode_s if decode_s > 0 else None,
-            queue_time_s=(seq.t_start or now) - seq.t_submit,
-        )
+        return finish_stats(prompt_tokens=len(seq.request.prompt_tokens),
+                            completion_tokens=len(seq.generated), t_submit=seq.t_submit,
+                            t_start=seq.t_start, t_first=seq.t_first, now=now,
+                            cached_prompt_tokens=seq.cached_prompt)
 
     def _logprobs_at(self, idx: int, top_n: int):
         """Log-probabilities of the raw model distribution at batch index `idx` (before sampling

@@ -10,7 +10,6 @@ same UTF-8 and stop-sequence rules (`gemmakit.text`). The event loop only receiv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import re
@@ -21,22 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemmakit.engines.common import TokenText, emit_threadsafe, finish_stats, generation_budget
 from gemmakit.errors import (
     ConfigError,
-    ContextLengthExceededError,
     EngineError,
     InvalidRequestError,
     UnsupportedError,
 )
 from gemmakit.media import MediaLimits
-from gemmakit.text import StopMatcher, Utf8Stream
 from gemmakit.types import (
     AudioPart,
     Capabilities,
     Chunk,
-    ChunkStats,
     EngineHealth,
-    FinishReason,
     GenerationRequest,
     ImagePart,
     MediaEncoding,
@@ -74,8 +70,7 @@ class _Job:
     t_submit: float = field(default_factory=time.perf_counter)
 
     def emit(self, item: Chunk | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the consumer's event loop is already closed
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        emit_threadsafe(self.loop, self.out, item)
 
 
 class TransformersEngine:
@@ -214,13 +209,7 @@ class TransformersEngine:
             raise EngineError("the engine stopped after an internal error")
         if self._closed:
             raise EngineError("the engine is shut down")
-        n_prompt = len(request.prompt_tokens)
-        room = self.context_length - n_prompt
-        max_tokens = request.sampling.max_tokens or room
-        if n_prompt == 0 or room <= 0 or max_tokens > room:
-            raise ContextLengthExceededError(prompt_tokens=n_prompt,
-                                             max_tokens=request.sampling.max_tokens,
-                                             context_length=self.context_length)
+        max_tokens = generation_budget(request, self.context_length)
         job = _Job(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
                    max_tokens=max_tokens)
         self._queue.put(job)
@@ -321,7 +310,7 @@ class TransformersEngine:
         stop_ids = self.eog_ids | req.stop_token_ids
         sampler = Sampler(sp, req.prompt_tokens, self.n_vocab,
                           banned=stop_ids if sp.ignore_eos else frozenset())
-        utf8, stops = Utf8Stream(), StopMatcher(sp.stop)
+        token_text = TokenText(sp.stop, job.max_tokens)
         t_start = time.perf_counter()
         logits, cache = self._forward(**self._prefill_inputs(req))
         t_first: float | None = None
@@ -335,28 +324,14 @@ class TransformersEngine:
             chunk = Chunk(token_ids=[token])
             if logprob is not None:
                 chunk.logprobs.append(logprob(token))
-            finish: FinishReason | None = None
-            if token in stop_ids and not sp.ignore_eos:
-                finish = "stop"  # the stop token itself has no text
-                text = stops.feed(utf8.flush())
-            else:
-                text = stops.feed(utf8.feed(self.token_piece(token)))
-                if stops.matched is None and generated >= job.max_tokens:
-                    finish = "length"
-                    text += stops.feed(utf8.flush())
-            if stops.matched is not None:
-                finish = "stop"
-            elif finish is not None:
-                text += stops.flush()  # a held-back partial match was ordinary text after all
+            stop = token in stop_ids and not sp.ignore_eos  # no text of its own
+            text, finish = token_text.feed(None if stop else self.token_piece(token))
             chunk.text = text
             if finish is not None:
                 chunk.finish_reason = finish
-                decode_s = now - t_first
-                chunk.stats = ChunkStats(
-                    prompt_tokens=len(req.prompt_tokens), completion_tokens=generated,
-                    time_to_first_token_s=t_first - job.t_submit,
-                    decode_tokens_per_s=(generated - 1) / decode_s if decode_s > 0 else None,
-                    queue_time_s=t_start - job.t_submit)
+                chunk.stats = finish_stats(prompt_tokens=len(req.prompt_tokens),
+                                           completion_tokens=generated, t_submit=job.t_submit,
+                                           t_start=t_start, t_first=t_first, now=now)
                 job.emit(chunk)
                 return
             job.emit(chunk)
