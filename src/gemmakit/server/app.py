@@ -56,6 +56,21 @@ async def drain(app: FastAPI, timeout: float) -> None:
         await engine.drain(timeout)
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the already-read body once, then waits on the real one (for the
+    client's disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class RequestContext:
     """Pure ASGI middleware: a request id on every request and response, and a body size limit
     (413) enforced while the body is read, before any handler parses it."""
@@ -84,14 +99,8 @@ class RequestContext:
             if len(body) > self.max_body_bytes:
                 return await self._too_large(send, rid)
 
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()  # after the body: wait for the disconnect
+        # Later layers (the guard hashes and logs it) take the body from here, not again.
+        scope["state"]["body"] = bytes(body)
 
         started = False
 
@@ -103,7 +112,7 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, replay, send_with_id)
+            await self.app(scope, replaying(bytes(body), receive), send_with_id)
         except Exception:
             # Anything no handler mapped: log it here, answer with the request id only.
             log.exception("request %s failed with an internal error", rid)

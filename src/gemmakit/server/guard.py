@@ -358,23 +358,9 @@ class Guard:
                 f"The request headers are larger than the limit of "
                 f"{s.settings.max_header_bytes} bytes.", "invalid_request_error", None,
                 "request_header_fields_too_large"))
-        # The body is already bounded and buffered by RequestContext; take it to hash and replay.
-        body = bytearray()
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return
-            body += msg.get("body", b"")
-            if not msg.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
+        # RequestContext (the outermost layer) has read the body, bounded, and replays it to the
+        # app; the guard only needs it to hash and to find the model.
+        body: bytes = state["body"]
 
         call = Call(s, rid)
         state["guard"] = call
@@ -393,17 +379,17 @@ class Guard:
         t0 = time.perf_counter()
         try:
             if s.needs_key(path):
-                refusal = await self._admit_key(call, dict(raw_headers), method, bytes(body))
+                refusal = await self._admit_key(call, dict(raw_headers), method, body)
                 if refusal is not None:
                     status_code, payload, extra = refusal
                     return await _send_error(send_with_limits, status_code, payload, extra)
-            await self.app(scope, replay, send_with_limits)
+            await self.app(scope, receive, send_with_limits)
         finally:
             # Shielded: a client that disconnects mid-stream cancels this task, but its tokens
             # must still be booked against the key and written to the ledger.
             done = asyncio.ensure_future(call.finish(
                 method, path, status, time.perf_counter() - t0,
-                hashlib.sha256(body).hexdigest()[:12], bytes(body)))
+                hashlib.sha256(body).hexdigest()[:12], body))
             done.add_done_callback(_log_failure)
             with contextlib.suppress(Exception):  # logged by _log_failure
                 await asyncio.shield(done)
