@@ -120,6 +120,17 @@ def test_403_for_a_model_outside_the_key_scope(secure, keys):
     assert c.post(CHAT, json=chat(), headers=bearer(fine)).status_code == 200
 
 
+def test_scoped_key_sees_only_its_models(keys, secure):
+    _, scoped = keys.create("scoped", models=["other-model"])
+    _, fine = keys.create("fine", models=[MODEL])
+    c = secure()
+    assert c.get("/v1/models", headers=bearer(scoped)).json()["data"] == []
+    assert_error(c.get(f"/v1/models/{MODEL}", headers=bearer(scoped)), 404, "model_not_found",
+                 "model")
+    assert [m["id"] for m in c.get("/v1/models", headers=bearer(fine)).json()["data"]] == [MODEL]
+    assert c.get(f"/v1/models/{MODEL}", headers=bearer(fine)).status_code == 200
+
+
 def test_keys_are_stored_hashed(keys, home):
     _, secret = keys.create("hashed")
     data = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())

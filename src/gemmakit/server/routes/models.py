@@ -20,14 +20,25 @@ def _card(runtime: Any) -> dict[str, Any]:
     return card
 
 
+def _visible(request: Request, model: str) -> bool:
+    """Whether the caller may see `model`: an API key scoped to some models sees only those."""
+    call = getattr(request.state, "guard", None)
+    key = getattr(call, "key", None)
+    return key is None or key.allows_model(model)
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_card(request.app.state.runtime)]}
+    runtime = request.app.state.runtime
+    cards = [_card(runtime)] if _visible(request, runtime.model_name) else []
+    return {"object": "list", "data": cards}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
-    if model_id != runtime.model_name:
+    if model_id != runtime.model_name or not _visible(request, model_id):
+        # A model outside the key's scope reads as absent, as OpenAI answers for a model an
+        # organization cannot use.
         raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
     return _card(runtime)
