@@ -92,14 +92,18 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
                     errors += 1
                     await r.aread()
                     continue
+                # Only a timestamp per event while streaming (the client shares the machine
+                # with the server, so it stays light); the last event, the usage, is parsed.
+                last = ""
                 async for line in r.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    ev = json.loads(line[6:])
-                    if ev.get("usage"):
-                        n = ev["usage"]["completion_tokens"]
-                    elif ev["choices"]:
+                    if line.startswith("data: {"):
                         times.append(time.perf_counter())
+                        last = line
+                if last:
+                    ev = json.loads(last[6:])
+                    if ev.get("usage") and not ev["choices"]:
+                        n = ev["usage"]["completion_tokens"]
+                        times.pop()  # the usage event carries no token
             if not times:
                 errors += 1
                 continue
