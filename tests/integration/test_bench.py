@@ -30,14 +30,18 @@ def test_single_stream_bench_json(gemmakit_home, model_path):
 def test_concurrency_bench_json_and_plot(gemmakit_home, model_path, tmp_path):
     png = tmp_path / "bench.png"
     r = gk(gemmakit_home, "bench", "--json", "--concurrency", "1,2", "--gen-tokens", "8",
-           "--requests-per-stream", "1", "--context-length", "256", "--plot", str(png),
+           "--requests-per-stream", "1", "--rounds", "2", "--context-length", "256",
+           "--plot", str(png),
            timeout=600)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert [lv["concurrency"] for lv in rep["levels"]] == [1, 2]
     for lv in rep["levels"]:
         assert lv["refused"] == 0 and lv["errors"] == 0
-        assert lv["completion_tokens"] == lv["concurrency"] * 8  # ignore_eos: exact
+        assert lv["completion_tokens"] == lv["concurrency"] * 8 * 2  # ignore_eos: exact
+        # Two rounds, each between two runs of the raw reference.
+        assert len(lv["raw_batched_runs_tokens_per_s"]) == 3
+        assert len(lv["gemmakit_over_raw_rounds"]) == 2
         assert lv["raw_batched_tokens_per_s"] > 0 and lv["aggregate_tokens_per_s"] > 0
         assert lv["ttft_p50_s"] <= lv["ttft_p99_s"]
         assert 0 < lv["burst_ttft_p50_s"] <= lv["burst_ttft_max_s"]

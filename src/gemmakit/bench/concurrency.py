@@ -9,9 +9,10 @@ running / that window; `overall_tokens_per_s` is all tokens / wall time, ramp in
 first token p50/p99, time per output token p50/p99 (per request: (last token time - first token
 time) / (tokens - 1)), inter-token latency p99 (gaps between consecutive streamed chunks, over all
 requests), requests refused (429), and a burst probe: c one-token requests sent in the same instant
-(the last of them waits for all c prompts by physics). The raw reference (`bench/raw.py`) runs in
-its own process just before and just after each level (their mean is the reference), with nothing
-else running, as a physical ceiling for the engine: c sequences decoding together the whole time.
+(the last of them waits for all c prompts by physics). The raw reference (`bench/raw.py`), c
+sequences decoding together the whole time with no server, is the physical ceiling for the
+engine: it runs in its own process before and after each of `--rounds` rounds of a level, each
+round is compared with the mean of the two runs around it, and the level reports the median.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -124,16 +126,39 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
     # all c streams were running.
     lo, hi = max(first_start), min(last_end)
     steady = sum(1 for t in events if lo <= t <= hi) / (hi - lo) if hi > lo + 1 else None
+    return {"refused": refused, "errors": errors, "tokens": tokens, "wall": wall,
+            "steady": steady if steady is not None else tokens / wall,
+            "ttft": ttft, "tpot": tpot, "itl": itl}
+
+
+def _level(c: int, cfg: dict[str, Any], stagger: float, runs: list[dict[str, Any]],
+           raws: list[float]) -> dict[str, Any]:
+    """One level's figures from its rounds: run i is compared with the mean of the raw
+    reference just before and just after it; throughput and ratio are medians over the rounds,
+    latency percentiles are over every request of every round."""
+    ratios = [run["steady"] / ((raws[i] + raws[i + 1]) / 2) for i, run in enumerate(runs)]
+    ttft = [x for run in runs for x in run["ttft"]]
+    tpot = [x for run in runs for x in run["tpot"]]
+    itl = [x for run in runs for x in run["itl"]]
     return {
-        "concurrency": c, "requests": c * cfg["requests_per_stream"], "refused": refused,
-        "errors": errors, "completion_tokens": tokens, "wall_s": round(wall, 3),
+        "concurrency": c, "rounds": len(runs),
+        "requests": c * cfg["requests_per_stream"] * len(runs),
+        "refused": sum(run["refused"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+        "completion_tokens": sum(run["tokens"] for run in runs),
+        "wall_s": round(sum(run["wall"] for run in runs), 3),
         "stagger_s": round(stagger, 3),
-        "aggregate_tokens_per_s": round(steady if steady is not None else tokens / wall, 2),
-        "overall_tokens_per_s": round(tokens / wall, 2),
-        "steady_window_s": round(hi - lo, 3) if steady is not None else None,
+        "aggregate_tokens_per_s": round(statistics.median(run["steady"] for run in runs), 2),
+        "aggregate_rounds_tokens_per_s": [round(run["steady"], 2) for run in runs],
+        "overall_tokens_per_s": round(statistics.median(run["tokens"] / run["wall"]
+                                                        for run in runs), 2),
         "ttft_p50_s": _r(_pct(ttft, 0.5)), "ttft_p99_s": _r(_pct(ttft, 0.99)),
         "tpot_p50_s": _r(_pct(tpot, 0.5)), "tpot_p99_s": _r(_pct(tpot, 0.99)),
         "itl_p99_s": _r(_pct(itl, 0.99)),
+        "raw_batched_tokens_per_s": round(statistics.median(raws), 2),
+        "raw_batched_runs_tokens_per_s": [round(x, 2) for x in raws],
+        "gemmakit_over_raw": round(statistics.median(ratios), 3),
+        "gemmakit_over_raw_rounds": [round(x, 3) for x in ratios],
     }
 
 
@@ -232,33 +257,32 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
                                                    "max_tokens": 1}, timeout=60).raise_for_status()
         prompts = [[2, *_filler_ids(cfg, k)] for k in range(max(levels))]
         for c in levels:
-            log(f"bench: concurrency {c}: raw llama.cpp batched reference …")
-            raw_before = _in_process(_raw_level, cfg, c, prompts)
-            time.sleep(0.3)
-            log(f"bench: concurrency {c}: gemmakit HTTP …")
+            # Rounds alternate with the raw reference (raw, gemmakit, raw, gemmakit, …, raw),
+            # each in its own process with nothing else running, so that the drift of the
+            # machine hits both sides alike.
+            raws = [_in_process(_raw_level, cfg, c, prompts)]
             # Ramp-up: one request's expected duration (from the raw per-stream rate) spread
             # evenly over the c clients.
-            stagger = cfg["gen_tokens"] / raw_before if c > 1 else 0.0
-            level = asyncio.run(_http_level(base, c, cfg, stagger))
+            stagger = cfg["gen_tokens"] / raws[0] if c > 1 else 0.0
+            runs = []
+            for i in range(ns.rounds):
+                log(f"bench: concurrency {c}: round {i + 1}/{ns.rounds} …")
+                time.sleep(0.3)
+                runs.append(asyncio.run(_http_level(base, c, cfg, stagger)))
+                time.sleep(0.3)
+                raws.append(_in_process(_raw_level, cfg, c, prompts))
+            level = _level(c, cfg, stagger, runs, raws)
             level.update(asyncio.run(_burst(base, c)))
-            time.sleep(0.3)
-            log(f"bench: concurrency {c}: raw llama.cpp batched reference again …")
-            raw_after = _in_process(_raw_level, cfg, c, prompts)
-            # The reference runs just before and just after the level; their mean is what the
-            # level is compared with, so that drift of the machine hits both sides alike.
-            raw = (raw_before + raw_after) / 2
-            level["raw_batched_tokens_per_s"] = round(raw, 2)
-            level["raw_batched_runs_tokens_per_s"] = [round(raw_before, 2), round(raw_after, 2)]
-            level["gemmakit_over_raw"] = round(level["aggregate_tokens_per_s"] / raw, 3)
             results.append(level)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
     by = {r["concurrency"]: r for r in results}
     summary: dict[str, Any] = {"model": model_name, "parallel": parallel,
-                               "settings": {k: cfg[k] for k in ("threads", "context_length",
-                                                                "gen_tokens",
-                                                                "requests_per_stream")},
+                               "settings": {**{k: cfg[k] for k in ("threads", "context_length",
+                                                                   "gen_tokens",
+                                                                   "requests_per_stream")},
+                                            "rounds": ns.rounds},
                                "levels": results}
     targets = {}
     if 8 in by:

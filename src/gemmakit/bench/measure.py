@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int, default=None,
                    help="gemmakit's --parallel (default: the serve default; with --concurrency: "
                         "the largest level).")
+    g.add_argument("--rounds", type=int, default=3,
+                   help="Rounds per level, each between two runs of the raw reference "
+                        "(median reported).")
     g.add_argument("--max-queue", type=int, default=None, help="Server --max-queue.")
     g.add_argument("--plot", metavar="PNG", help="Write a throughput/latency plot.")
     p.add_argument("--prefix-reuse", action="store_true",
