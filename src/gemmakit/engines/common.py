@@ -6,11 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from gemmakit.errors import ContextLengthExceededError
 from gemmakit.text import StopMatcher, Utf8Stream
 from gemmakit.types import Chunk, ChunkStats, FinishReason, GenerationRequest
+
+
+@dataclass(eq=False)
+class Pending:
+    """A submitted request as an engine's worker thread sees it: where its chunks go (a queue on
+    the consumer's event loop), its token budget, and `cancelled`, set from the event loop."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    max_tokens: int
+    cancelled: bool = False
+    t_submit: float = field(default_factory=time.perf_counter)
+
+    def emit(self, item: Chunk | BaseException) -> None:
+        emit_threadsafe(self.loop, self.out, item)
 
 
 def generation_budget(request: GenerationRequest, context_length: int) -> int:

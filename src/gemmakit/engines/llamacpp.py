@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gemmakit.engines.common import TokenText, emit_threadsafe, finish_stats, generation_budget
+from gemmakit.engines.common import Pending, TokenText, finish_stats, generation_budget
 from gemmakit.errors import (
     ConfigError,
     EngineError,
@@ -118,13 +118,9 @@ def _model_metadata(ll, model) -> dict[str, str]:
 
 
 @dataclass(eq=False)
-class _Sequence:
+class _Sequence(Pending):
     """Per-request state owned by the worker thread (except `cancelled`, set by the event loop)."""
 
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    max_tokens: int
     slot: _Slot | None = None
     n_past: int = 0  # positions of this sequence held in the KV cache
     n_prompt_done: int = 0
@@ -133,15 +129,10 @@ class _Sequence:
     sampler: object = None  # a llama.cpp sampler chain, or None for plain greedy decoding
     greedy_bias: tuple[np.ndarray, np.ndarray] | None = None  # (token ids, added logit)
     text: TokenText | None = None
-    cancelled: bool = False
     finished: bool = False
-    t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
     t_first: float | None = None
     group: object = None  # shared by the sequences of one submit() call (a request's n choices)
-
-    def emit(self, chunk: Chunk | BaseException) -> None:
-        emit_threadsafe(self.loop, self.out, chunk)
 
     @property
     def prefilling(self) -> bool:

@@ -16,11 +16,10 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemmakit.engines.common import TokenText, emit_threadsafe, finish_stats, generation_budget
+from gemmakit.engines.common import Pending, TokenText, finish_stats, generation_budget
 from gemmakit.errors import (
     ConfigError,
     EngineError,
@@ -58,19 +57,6 @@ def _torch():
         raise ConfigError("the transformers engine needs the hf extra: "
                           "pip install 'gemmakit[hf]'") from e
     return torch
-
-
-@dataclass(eq=False)
-class _Job:
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    max_tokens: int
-    cancelled: bool = False
-    t_submit: float = field(default_factory=time.perf_counter)
-
-    def emit(self, item: Chunk | BaseException) -> None:
-        emit_threadsafe(self.loop, self.out, item)
 
 
 class TransformersEngine:
@@ -118,8 +104,8 @@ class TransformersEngine:
                                   if t.special)
         self._pieces: dict[int, bytes] = {}
 
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._running: _Job | None = None
+        self._queue: queue.Queue[Pending | None] = queue.Queue()
+        self._running: Pending | None = None
         self._closed = False
         self._failed: str | None = None
         self._worker = threading.Thread(target=self._run, name="gemmakit-transformers",
@@ -210,7 +196,7 @@ class TransformersEngine:
         if self._closed:
             raise EngineError("the engine is shut down")
         max_tokens = generation_budget(request, self.context_length)
-        job = _Job(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
+        job = Pending(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
                    max_tokens=max_tokens)
         self._queue.put(job)
         try:
@@ -301,7 +287,7 @@ class TransformersEngine:
         out = self.model(use_cache=True, logits_to_keep=1, **inputs)
         return out.logits[0, -1].float().cpu(), out.past_key_values
 
-    def _generate(self, job: _Job) -> None:
+    def _generate(self, job: Pending) -> None:
         from gemmakit.hf.sampling import Sampler
 
         torch = _torch()
