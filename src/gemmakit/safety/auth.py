@@ -17,11 +17,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from gemmakit.errors import GemmakitError, InvalidRequestError
-from gemmakit.safety.store import connect
+from gemmakit.safety.store import connect, epoch_from_iso
 
 PREFIX = "gk-"
 _ID_CHARS = 12  # hex characters of the public id
@@ -72,13 +71,10 @@ def parse_expiry(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        dt = datetime.fromisoformat(value)
+        return epoch_from_iso(value)
     except ValueError:
         raise InvalidRequestError(f"--expires: '{value}' is not a date (YYYY-MM-DD) or ISO "
                                   "date-time", param="expires") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def _row_to_key(row: sqlite3.Row) -> ApiKey:

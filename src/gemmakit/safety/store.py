@@ -4,6 +4,7 @@ API keys and the usage ledger. Several processes may share it (WAL mode, busy ti
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 SCHEMA = """
@@ -52,3 +53,12 @@ def connect(home: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(SCHEMA)
     return conn
+
+
+def epoch_from_iso(value: str) -> float:
+    """An ISO date (`2027-01-31`) or date-time, UTC unless it names a zone, as the epoch seconds
+    the store keeps. Raises ValueError for anything else."""
+    dt = datetime.fromisoformat(value.strip())
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()

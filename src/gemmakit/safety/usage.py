@@ -10,12 +10,11 @@ import sqlite3
 import threading
 import time
 from dataclasses import astuple, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from gemmakit.errors import InvalidRequestError
-from gemmakit.safety.store import connect
+from gemmakit.safety.store import connect, epoch_from_iso
 
 
 @dataclass(frozen=True)
@@ -136,10 +135,7 @@ def parse_since(value: str, now: float | None = None) -> float:
     if _DURATION.fullmatch(text) or re.fullmatch(r"(?:\d+(?:\.\d+)?[smhdw])+", text):
         return now - sum(float(n) * _UNIT_S[u] for n, u in _DURATION.findall(text))
     try:
-        dt = datetime.fromisoformat(value.strip())
+        return epoch_from_iso(value)
     except ValueError:
         raise InvalidRequestError(f"--since: '{value}' is neither a duration (90m, 24h, 7d) nor "
                                   "an ISO date", param="since") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
