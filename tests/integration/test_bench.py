@@ -39,10 +39,14 @@ def test_concurrency_bench_json_and_plot(gemmakit_home, model_path, tmp_path):
     for lv in rep["levels"]:
         assert lv["refused"] == 0 and lv["errors"] == 0
         assert lv["completion_tokens"] == lv["concurrency"] * 8 * 2  # ignore_eos: exact
-        # Two rounds, each between two runs of the raw reference.
+        # Two rounds, each between two runs of the raw references (the clients' workload, and
+        # the decode-only ceiling).
         assert len(lv["raw_batched_runs_tokens_per_s"]) == 3
+        assert len(lv["raw_decode_only_runs_tokens_per_s"]) == 3
         assert len(lv["gemmakit_over_raw_rounds"]) == 2
         assert lv["raw_batched_tokens_per_s"] > 0 and lv["aggregate_tokens_per_s"] > 0
+        assert lv["raw_decode_only_tokens_per_s"] > 0
+        assert lv["gemmakit_over_raw_decode_only"] > 0
         assert lv["ttft_p50_s"] <= lv["ttft_p99_s"]
         assert 0 < lv["burst_ttft_p50_s"] <= lv["burst_ttft_max_s"]
     assert rep["levels"][0]["stagger_s"] == 0 < rep["levels"][1]["stagger_s"]

@@ -9,10 +9,16 @@ running / that window; `overall_tokens_per_s` is all tokens / wall time, ramp in
 first token p50/p99, time per output token p50/p99 (per request: (last token time - first token
 time) / (tokens - 1)), inter-token latency p99 (gaps between consecutive streamed chunks, over all
 requests), requests refused (429), and a burst probe: c one-token requests sent in the same instant
-(the last of them waits for all c prompts by physics). The raw reference (`bench/raw.py`), c
-sequences decoding together the whole time with no server, is the physical ceiling for the
-engine: it runs in its own process before and after each of `--rounds` rounds of a level, each
-round is compared with the mean of the two runs around it, and the level reports the median.
+(the last of them waits for all c prompts by physics).
+
+The raw reference (`bench/raw.py`) is llama-cpp-python with no server and no scheduler doing the
+same work: c streams of back-to-back requests with the same prompts and lengths, out of step as
+the clients are, each arriving prompt read in the batch beside the others' next tokens
+(`raw_batched_tokens_per_s`). Beside it, the decode-only ceiling: c sequences decoding together
+the whole time, no prompt ever arriving (`raw_decode_only_tokens_per_s`); no server whose
+requests come and go can reach it, since every request's prompt must be read. Both run in one
+process before and after each of `--rounds` rounds of a level; each round is compared with the
+mean of the two runs around it, and the level reports the median.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemmakit.bench.measure import _FILLER, _free_port
+from gemmakit.bench.measure import _free_port
 
 _TOPICS = ["the sea", "mountains", "a city at night", "old trains", "bread", "winter", "bees",
            "a library", "the moon", "rivers", "chess", "gardens", "clocks", "storms", "tea",
@@ -41,19 +47,29 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def _raw_level(cfg: dict[str, Any], c: int, prompts: list[list[int]]) -> float:
-    """Aggregate decode tokens/s of raw batched greedy decoding of c sequences."""
+def _prompt(k: int, j: int) -> str:
+    """Client k's j-th prompt (the raw reference reads the same ones)."""
+    return f"A short essay about {_TOPICS[(k + j) % len(_TOPICS)]}: "
+
+
+def _raw_level(cfg: dict[str, Any], c: int, prompts: list[list[int]]) -> dict[str, float]:
+    """Raw llama-cpp-python at c streams: tokens/s on the clients' workload ("continuous", over
+    the steps in which the HTTP clients' steady state lies: all but the first request of each
+    stream) and the decode-only ceiling (c sequences decoding from start to end)."""
     from gemmakit.bench.raw import RawBatch
 
+    gen = cfg["gen_tokens"]
     raw = RawBatch(cfg["path"], n_seq=c, context_length=cfg["context_length"],
                    threads=cfg["threads"])
     try:
         raw.greedy(prompts[:c], 4)  # warm-up
-        _, steps = raw.greedy(prompts[:c], cfg["gen_tokens"])
+        _, steps = raw.greedy(prompts[:c], gen)
+        tokens, seconds = raw.continuous(prompts, c, gen,
+                                         max(1, cfg["requests_per_stream"] - 1) * gen)
     finally:
         raw.close()
     decode = steps[1:]  # step 0 holds the prefill
-    return c * len(decode) / sum(decode)
+    return {"continuous": tokens / seconds, "decode_only": c * len(decode) / sum(decode)}
 
 
 def _in_process(fn, *args):
@@ -81,7 +97,7 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
         for j in range(cfg["requests_per_stream"]):
             body = {"model": "bench", "max_tokens": cfg["gen_tokens"], "temperature": 0,
                     "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-                    "prompt": f"A short essay about {_TOPICS[(k + j) % len(_TOPICS)]}: "}
+                    "prompt": _prompt(k, j)}
             t0 = time.perf_counter()
             times: list[float] = []
             n = 0
@@ -132,11 +148,15 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
 
 
 def _level(c: int, cfg: dict[str, Any], stagger: float, runs: list[dict[str, Any]],
-           raws: list[float]) -> dict[str, Any]:
+           raw_runs: list[dict[str, float]]) -> dict[str, Any]:
     """One level's figures from its rounds: run i is compared with the mean of the raw
     reference just before and just after it; throughput and ratio are medians over the rounds,
     latency percentiles are over every request of every round."""
+    raws = [r["continuous"] for r in raw_runs]
+    ceiling = [r["decode_only"] for r in raw_runs]
     ratios = [run["steady"] / ((raws[i] + raws[i + 1]) / 2) for i, run in enumerate(runs)]
+    ceiling_ratios = [run["steady"] / ((ceiling[i] + ceiling[i + 1]) / 2)
+                      for i, run in enumerate(runs)]
     ttft = [x for run in runs for x in run["ttft"]]
     tpot = [x for run in runs for x in run["tpot"]]
     itl = [x for run in runs for x in run["itl"]]
@@ -159,6 +179,9 @@ def _level(c: int, cfg: dict[str, Any], stagger: float, runs: list[dict[str, Any
         "raw_batched_runs_tokens_per_s": [round(x, 2) for x in raws],
         "gemmakit_over_raw": round(statistics.median(ratios), 3),
         "gemmakit_over_raw_rounds": [round(x, 3) for x in ratios],
+        "raw_decode_only_tokens_per_s": round(statistics.median(ceiling), 2),
+        "raw_decode_only_runs_tokens_per_s": [round(x, 2) for x in ceiling],
+        "gemmakit_over_raw_decode_only": round(statistics.median(ceiling_ratios), 3),
     }
 
 
@@ -255,7 +278,7 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
     try:
         httpx.post(f"{base}/v1/completions", json={"model": "bench", "prompt": "x",
                                                    "max_tokens": 1}, timeout=60).raise_for_status()
-        prompts = [[2, *_filler_ids(cfg, k)] for k in range(max(levels))]
+        prompts = _prompt_ids(cfg)
         for c in levels:
             # Rounds alternate with the raw reference (raw, gemmakit, raw, gemmakit, …, raw),
             # each in its own process with nothing else running, so that the drift of the
@@ -263,7 +286,7 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
             raws = [_in_process(_raw_level, cfg, c, prompts)]
             # Ramp-up: one request's expected duration (from the raw per-stream rate) spread
             # evenly over the c clients.
-            stagger = cfg["gen_tokens"] / raws[0] if c > 1 else 0.0
+            stagger = cfg["gen_tokens"] / raws[0]["continuous"] if c > 1 else 0.0
             runs = []
             for i in range(ns.rounds):
                 log(f"bench: concurrency {c}: round {i + 1}/{ns.rounds} …")
@@ -304,8 +327,9 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
     return summary
 
 
-def _filler_ids(cfg: dict[str, Any], k: int) -> list[int]:
-    """Distinct short prompts (~16 tokens) for the raw reference, tokenized by llama.cpp."""
+def _prompt_ids(cfg: dict[str, Any]) -> list[list[int]]:
+    """The clients' prompts as the server reads them (BOS, then the text), for the raw
+    reference: prompt i is `_prompt(i, 0)`."""
     from gemmakit.engines.llamacpp import _lib
 
     ll = _lib()
@@ -314,10 +338,13 @@ def _filler_ids(cfg: dict[str, Any], k: int) -> list[int]:
     model = ll.llama_model_load_from_file(cfg["path"].encode(), params)
     try:
         vocab = ll.llama_model_get_vocab(model)
-        text = f"A short essay about {_TOPICS[k % len(_TOPICS)]}: {_FILLER[:40]}".encode()
-        buf = (ll.llama_token * 256)()
-        n = ll.llama_tokenize(vocab, text, len(text), buf, 256, False, False)
-        return list(buf[:n])
+        out = []
+        for i in range(len(_TOPICS)):
+            text = _prompt(i, 0).encode()
+            buf = (ll.llama_token * 256)()
+            n = ll.llama_tokenize(vocab, text, len(text), buf, 256, False, False)
+            out.append([2, *buf[:n]])
+        return out
     finally:
         ll.llama_model_free(model)
 
@@ -332,7 +359,9 @@ def _plot(levels: list[dict[str, Any]], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     a1.plot(cs, [lv["aggregate_tokens_per_s"] for lv in levels], "o-", label="gemmakit (HTTP)")
     a1.plot(cs, [lv["raw_batched_tokens_per_s"] for lv in levels], "s--",
-            label="raw llama.cpp batched")
+            label="raw llama.cpp, same workload")
+    a1.plot(cs, [lv["raw_decode_only_tokens_per_s"] for lv in levels], "^:",
+            label="raw llama.cpp, decode only")
     a1.set_xlabel("concurrent streams")
     a1.set_ylabel("aggregate decode tokens/s")
     a1.set_xscale("log", base=2)

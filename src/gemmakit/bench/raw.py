@@ -1,8 +1,13 @@
 """Raw llama-cpp-python batched greedy decoding: the physical reference for the llama.cpp engine.
 
 No server, no scheduler, no sampler chain: one `llama_batch` per step holding every sequence,
-argmax over each sequence's logits. The step schedule mirrors the engine's (all prompts in one step,
-then one token per sequence per step), so the two can be compared token for token — llama.cpp's kernels are not bit-exact across batch shapes.
+argmax over each sequence's logits. Two workloads:
+
+- `greedy`: every sequence decodes the whole time (all prompts in one step, then one token per
+  sequence per step) — the decode-only ceiling. Its step schedule mirrors the engine's, so the two
+  can be compared token for token (llama.cpp's kernels are not bit-exact across batch shapes).
+- `continuous`: the same work as the HTTP bench's clients — streams running requests back to back,
+  out of step, each arriving prompt read in the step's batch beside the others' next tokens.
 """
 
 from __future__ import annotations
@@ -81,3 +86,50 @@ class RawBatch:
                 out[s].append(self._argmax(s))
             step_times.append(time.perf_counter() - t)
         return out, step_times
+
+    def continuous(self, prompts: Sequence[Sequence[int]], n_streams: int, n_tokens: int,
+                   n_steps: int) -> tuple[int, float]:
+        """Continuous batching with nothing in the way: `n_streams` sequences, each running
+        requests of `n_tokens` greedy tokens back to back, stream s's j-th request with prompt
+        `prompts[(s + j) % len(prompts)]`. The streams are out of step as the bench's ramp-up
+        puts its clients: stream s's first request is s/n_streams of a request shorter, so requests
+        end, and new prompts arrive, evenly over time. An arriving prompt goes into the same
+        llama_batch as the other streams' next tokens (as llama.cpp's server does), and its last
+        position gives the request's first token. Returns (tokens, seconds) of the `n_steps` steps
+        after the first one (which reads every stream's first prompt)."""
+        assert n_streams <= self.n_seq
+        ll = self.ll
+        ll.llama_memory_clear(self.mem, True)
+        left = [n_tokens - (s * n_tokens) // n_streams for s in range(n_streams)]
+        done = [0] * n_streams  # requests each stream has finished
+        pos = [0] * n_streams
+        last = [0] * n_streams
+        arriving = set(range(n_streams))
+        tokens, seconds = 0, 0.0
+        for step in range(n_steps + 1):
+            t = time.perf_counter()
+            items: list[tuple[int, int, int, bool]] = []
+            at = []  # batch index of each stream's logits
+            for s in range(n_streams):
+                if s in arriving:
+                    p = prompts[(s + done[s]) % len(prompts)]
+                    ll.llama_memory_seq_rm(self.mem, s, -1, -1)
+                    items += [(tok, i, s, i == len(p) - 1) for i, tok in enumerate(p)]
+                    pos[s] = len(p)
+                else:
+                    items.append((last[s], pos[s], s, True))
+                    pos[s] += 1
+                at.append(len(items) - 1)
+            self._decode(items)
+            arriving = set()
+            for s in range(n_streams):
+                last[s] = self._argmax(at[s])
+                left[s] -= 1
+                if left[s] == 0:
+                    arriving.add(s)
+                    done[s] += 1
+                    left[s] = n_tokens
+            if step:
+                tokens += n_streams
+                seconds += time.perf_counter() - t
+        return tokens, seconds
