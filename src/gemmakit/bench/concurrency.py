@@ -24,6 +24,7 @@ mean of the two runs around it, and the level reports the median.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gemmakit.bench.measure import _free_port
+from gemmakit.errors import ConfigError
 
 _TOPICS = ["the sea", "mountains", "a city at night", "old trains", "bread", "winter", "bees",
            "a library", "the moon", "rivers", "chess", "gardens", "clocks", "storms", "tea",
@@ -81,8 +83,10 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
                       ) -> dict[str, Any]:
     """c closed-loop clients; client k starts k * `stagger` seconds after the first, so the
     streams run out of step as real users do (a linear ramp-up, as vLLM's serving benchmark
-    offers) instead of every request arriving in the same instant."""
-    import httpx
+    offers) instead of every request arriving in the same instant. The clients are aiohttp's
+    (C HTTP parser): they share the machine with the server, and httpx took twice the CPU per
+    streamed event (2.1 % of a core at 8 streams, against 1.2 %; 0.8 % on uvloop)."""
+    import aiohttp
 
     ttft, tpot, itl = [], [], []
     events: list[float] = []  # arrival time of every streamed token event
@@ -90,7 +94,7 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
     last_end: list[float] = []
     tokens = refused = errors = 0
 
-    async def client(k: int, http: httpx.AsyncClient) -> None:
+    async def client(k: int, http: aiohttp.ClientSession) -> None:
         nonlocal tokens, refused, errors
         await asyncio.sleep(k * stagger)
         first_start.append(time.perf_counter())
@@ -101,20 +105,20 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
             t0 = time.perf_counter()
             times: list[float] = []
             n = 0
-            async with http.stream("POST", f"{base}/v1/completions", json=body) as r:
-                if r.status_code == 429:
+            async with http.post(f"{base}/v1/completions", json=body) as r:
+                if r.status == 429:
                     refused += 1
-                    await r.aread()
+                    await r.read()
                     continue
-                if r.status_code != 200:
+                if r.status != 200:
                     errors += 1
-                    await r.aread()
+                    await r.read()
                     continue
                 # Only a timestamp per event while streaming (the client shares the machine
                 # with the server, so it stays light); the last event, the usage, is parsed.
-                last = ""
-                async for line in r.aiter_lines():
-                    if line.startswith("data: {"):
+                last = b""
+                async for line in r.content:
+                    if line.startswith(b"data: {"):
                         times.append(time.perf_counter())
                         last = line
                 if last:
@@ -133,8 +137,7 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
             itl.extend(b - a for a, b in zip(times, times[1:]))
         last_end.append(time.perf_counter())
 
-    limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=c + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with _session(c) as http:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k, http) for k in range(c)))
         wall = time.perf_counter() - t0
@@ -188,20 +191,35 @@ def _level(c: int, cfg: dict[str, Any], stagger: float, runs: list[dict[str, Any
 async def _burst(base: str, c: int) -> dict[str, Any]:
     """c requests sent in the same instant (one token each): their time to first token. The last
     of them necessarily waits for all c prompts to be read, so this grows with c by physics."""
-    import httpx
-
-    async def one(k: int, http: httpx.AsyncClient) -> float:
+    async def one(k: int, http) -> float:
         t0 = time.perf_counter()
-        r = await http.post(f"{base}/v1/completions", json={
-            "model": "bench", "max_tokens": 1, "temperature": 0,
-            "prompt": f"A short essay about {_TOPICS[k % len(_TOPICS)]}: "})
-        r.raise_for_status()
+        async with http.post(f"{base}/v1/completions", json={
+                "model": "bench", "max_tokens": 1, "temperature": 0,
+                "prompt": _prompt(k, 0)}) as r:
+            r.raise_for_status()
+            await r.read()
         return time.perf_counter() - t0
 
-    limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=c + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with _session(c) as http:
         lat = await asyncio.gather(*(one(k, http) for k in range(c)))
     return {"burst_ttft_p50_s": _r(_pct(lat, 0.5)), "burst_ttft_max_s": _r(max(lat))}
+
+
+def _arun(coro):
+    """Run the clients on uvloop where it is installed (the server extra): with aiohttp, 0.8 %
+    of a core at 8 streams against 1.2 % on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _session(c: int):
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c + 4),
+                                 timeout=aiohttp.ClientTimeout(total=600))
 
 
 def _r(x: float | None) -> float | None:
@@ -265,6 +283,10 @@ def _refusal_latency(cfg: dict[str, Any], n: int = 20) -> dict[str, Any]:
 def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
     import httpx
 
+    if importlib.util.find_spec("aiohttp") is None:  # the clients
+        raise ConfigError("gemmakit bench --concurrency needs the bench extra: "
+                          "pip install 'gemmakit[bench]'")
+
     levels = [int(x) for x in ns.concurrency.split(",") if x.strip()]
     parallel = ns.parallel or max(levels)
     cfg = {**cfg, "requests_per_stream": ns.requests_per_stream}
@@ -291,11 +313,11 @@ def run_concurrency(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
             for i in range(ns.rounds):
                 log(f"bench: concurrency {c}: round {i + 1}/{ns.rounds} …")
                 time.sleep(0.3)
-                runs.append(asyncio.run(_http_level(base, c, cfg, stagger)))
+                runs.append(_arun(_http_level(base, c, cfg, stagger)))
                 time.sleep(0.3)
                 raws.append(_in_process(_raw_level, cfg, c, prompts))
             level = _level(c, cfg, stagger, runs, raws)
-            level.update(asyncio.run(_burst(base, c)))
+            level.update(_arun(_burst(base, c)))
             results.append(level)
     finally:
         proc.terminate()
