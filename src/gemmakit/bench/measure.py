@@ -410,7 +410,7 @@ def _print_table(r: dict[str, Any]) -> None:
 
 def _concurrency_table(r: dict[str, Any]) -> str:
     cols = ("concurrency", "aggregate_tokens_per_s", "raw_batched_tokens_per_s",
-            "gemmakit_over_raw", "raw_decode_only_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
-            "itl_p99_s", "burst_ttft_max_s", "refused")
+            "gemmakit_over_raw", "raw_decode_only_tokens_per_s", "ttft_p50_s", "ttft_p99_s",
+            "tpot_p50_s", "tpot_p99_s", "itl_p99_s", "burst_ttft_max_s", "refused")
     rows = ["\t".join(cols)] + ["\t".join(str(lv[c]) for c in cols) for lv in r["levels"]]
     return "\n".join([*rows, json.dumps(r["targets"])])
