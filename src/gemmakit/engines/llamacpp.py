@@ -76,8 +76,8 @@ _llama_log = logging.getLogger("gemmakit.llama_cpp")
 
 
 def _log_callback(llama_cpp):
-    """Route llama.cpp's own log lines into Python logging: its errors (ggml level 4) as warnings, the rest
-    (every tensor at load, cache notes) at debug level."""
+    """Route llama.cpp's own log lines into Python logging: its errors (ggml level 4) as
+    warnings, the rest (every tensor at load, cache notes) at debug level."""
     global _log_cb
 
     @llama_cpp.llama_log_callback
