@@ -335,3 +335,29 @@ def test_sigterm_ends_every_stream_with_a_final_event(gemmakit_home, model_path,
     assert len(results) == 4
     for res in results.values():
         assert res == {"finish": "shutdown", "done": True, "error": None}
+
+
+def test_second_signal_ends_running_streams_at_once(gemmakit_home, model_path, tmp_path):
+    """A second SIGTERM while draining: the running stream ends now, with its final event and
+    finish_reason "shutdown", instead of running out the (here 120 s) drain; the exit is 0."""
+    s = start_server(gemmakit_home, tmp_path, "--parallel", "1", "--shutdown-timeout", "120",
+                     "--context-length", "1024")
+    body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 900, "ignore_eos": True,
+            "stream": True}
+    events = []
+    with httpx.Client(timeout=120) as c, c.stream("POST", f"{s.base_url}/v1/completions",
+                                                  json=body) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: {"))
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        events = [first, *(line for line in lines if line)]
+        ended_after = time.monotonic() - t0
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(next(e for e in reversed(events) if e.startswith("data: {"))[6:])
+    assert last["choices"][0]["finish_reason"] == "shutdown"
+    tokens = sum(1 for e in events if e.startswith("data: {"))
+    assert tokens < 900 and ended_after < 10
+    assert s.proc.wait(timeout=30) == 0

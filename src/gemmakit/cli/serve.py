@@ -31,20 +31,28 @@ def run(ns: argparse.Namespace) -> int:
 
     class GracefulServer(uvicorn.Server):
         """First SIGTERM/SIGINT: drain (see server.app.drain), then exit 0. A second signal
-        exits at once."""
+        ends the requests still running at once, each with its final event (finish_reason
+        "shutdown"), and the server exits 0 as soon as they have. A third exits without
+        waiting for anything."""
 
-        draining = False
+        signals = 0
 
         def handle_exit(self, sig: int, frame) -> None:  # called in the main thread
-            if self.draining:
-                self.force_exit = True
+            self.signals += 1
+            if self.signals == 1:
+                log.info("signal %d: draining for up to %.0f s", sig, settings.shutdown_timeout)
+                timeout = settings.shutdown_timeout
+            elif self.signals == 2:
+                log.info("signal %d again: ending the running requests now", sig)
+                timeout = 0.0
+            else:
+                self.should_exit = self.force_exit = True
                 return
-            self.draining = True
-            log.info("signal %d: draining for up to %.0f s", sig, settings.shutdown_timeout)
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+            self._loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(self._drain(timeout)))
 
-        async def _drain(self) -> None:
-            await drain(app, settings.shutdown_timeout)
+        async def _drain(self, timeout: float) -> None:
+            await drain(app, timeout)
             self.should_exit = True
 
         async def serve(self, sockets=None) -> None:
