@@ -344,7 +344,6 @@ def test_second_signal_ends_running_streams_at_once(gemmakit_home, model_path, t
                      "--context-length", "1024")
     body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 900, "ignore_eos": True,
             "stream": True}
-    events = []
     with httpx.Client(timeout=120) as c, c.stream("POST", f"{s.base_url}/v1/completions",
                                                   json=body) as r:
         lines = r.iter_lines()

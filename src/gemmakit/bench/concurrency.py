@@ -66,12 +66,12 @@ def _raw_level(cfg: dict[str, Any], c: int, prompts: list[list[int]]) -> dict[st
     try:
         raw.greedy(prompts[:c], 4)  # warm-up
         _, steps = raw.greedy(prompts[:c], gen)
-        tokens, seconds = raw.continuous(prompts, c, gen,
-                                         max(1, cfg["requests_per_stream"] - 1) * gen)
+        continuous = raw.continuous(prompts, c, gen,
+                                    max(1, cfg["requests_per_stream"] - 1) * gen)
     finally:
         raw.close()
     decode = steps[1:]  # step 0 holds the prefill
-    return {"continuous": tokens / seconds, "decode_only": c * len(decode) / sum(decode)}
+    return {"continuous": continuous, "decode_only": c * len(decode) / sum(decode)}
 
 
 def _in_process(fn, *args):

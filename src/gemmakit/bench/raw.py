@@ -88,15 +88,16 @@ class RawBatch:
         return out, step_times
 
     def continuous(self, prompts: Sequence[Sequence[int]], n_streams: int, n_tokens: int,
-                   n_steps: int) -> tuple[int, float]:
+                   n_steps: int) -> float:
         """Continuous batching with nothing in the way: `n_streams` sequences, each running
         requests of `n_tokens` greedy tokens back to back, stream s's j-th request with prompt
         `prompts[(s + j) % len(prompts)]`. The streams are out of step as the bench's ramp-up
         puts its clients: stream s's first request is s/n_streams of a request shorter, so requests
         end, and new prompts arrive, evenly over time. An arriving prompt goes into the same
         llama_batch as the other streams' next tokens (as llama.cpp's server does), and its last
-        position gives the request's first token. Returns (tokens, seconds) of the `n_steps` steps
-        after the first one (which reads every stream's first prompt)."""
+        position gives the request's first token. Returns the tokens/s of the `n_steps` steps after
+        the first one (which reads every stream's first prompt); each step makes one token a
+        stream."""
         assert n_streams <= self.n_seq
         ll = self.ll
         ll.llama_memory_clear(self.mem, True)
@@ -105,7 +106,7 @@ class RawBatch:
         pos = [0] * n_streams
         last = [0] * n_streams
         arriving = set(range(n_streams))
-        tokens, seconds = 0, 0.0
+        seconds = 0.0
         for step in range(n_steps + 1):
             t = time.perf_counter()
             items: list[tuple[int, int, int, bool]] = []
@@ -130,6 +131,5 @@ class RawBatch:
                     done[s] += 1
                     left[s] = n_tokens
             if step:
-                tokens += n_streams
                 seconds += time.perf_counter() - t
-        return tokens, seconds
+        return n_streams * n_steps / seconds
