@@ -1,23 +1,29 @@
-"""Loading profiles: what each means per engine and device, and the refusals."""
+"""Loading profiles: what each means per engine and device, and the refusals. Each engine owns
+its profiles (`Engine.plan_profile`); an engine without any refuses through the contract's
+default."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gemmakit import profiles
+from gemmakit.catalog import ModelRef
+from gemmakit.engines.llamacpp import llamacpp_plan
 from gemmakit.errors import ConfigError
+from gemmakit.hf import profiles
 
 
 def test_llamacpp_serves_the_files_own_type_and_says_requantizing_is_separate():
-    four = profiles.llamacpp_plan("max-efficiency", "Q4_K_M")
+    four = llamacpp_plan("max-efficiency", "Q4_K_M")
     assert four.note is None and "Q4_K_M" in four.summary
     for prof in ("balanced", "performance"):
-        p = profiles.llamacpp_plan(prof, "Q4_K_M")
+        p = llamacpp_plan(prof, "Q4_K_M")
         assert p.file_type == "Q4_K_M" and "re-quantization is a separate step" in p.summary
-    assert profiles.llamacpp_plan("balanced", "Q8_0").note is None
-    assert profiles.llamacpp_plan("performance", "BF16").note is None
+    assert llamacpp_plan("balanced", "Q8_0").note is None
+    assert llamacpp_plan("performance", "BF16").note is None
     with pytest.raises(ConfigError, match="unknown profile"):
-        profiles.llamacpp_plan("turbo", "Q4_K_M")
+        llamacpp_plan("turbo", "Q4_K_M")
 
 
 def test_transformers_cpu_plans():
@@ -39,8 +45,15 @@ def test_impossible_combinations_refused_with_the_reason(monkeypatch):
     with pytest.raises(ConfigError, match="torchao"):
         profiles.transformers_plan("max-efficiency", "cpu")
     assert profiles.transformers_plan("performance", "cuda").bits == 16
+
+
+
+def test_an_engine_without_profiles_refuses_them(fake_engine_class):
+    ref = ModelRef("m", Path("m.gguf"), "gguf")
+    with pytest.raises(ConfigError, match="the fake engine has no loading profiles"):
+        fake_engine_class.plan_profile(ref, "balanced")
     with pytest.raises(ConfigError, match="no loading profiles"):
-        profiles.check("remote", "gguf", None, "balanced")
+        fake_engine_class.profile_table(ref, Path("."))
 
 
 def test_weights_estimate_follows_the_plan():

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from gemmakit.settings import Settings
 
 
 def print_profiles(settings: Settings, model: str, *, as_json: bool, measure: bool) -> int:
     from gemmakit.catalog import resolve
-    from gemmakit.profiles import measure as measure_profile
-    from gemmakit.profiles import profile_table
+    from gemmakit.engines import engine_class
 
     ref = resolve(model, settings.models_dir)
-    rows = profile_table(settings.engine, ref, settings.home)
-    if measure and settings.engine == "transformers":
+    engine = engine_class(settings.engine)
+    rows: list[dict[str, Any]] = [dict(r) for r in engine.profile_table(ref, settings.home)]
+    if measure:
         for r in rows:
             if r["refused"] is None:
-                r.update(measure_profile(r["folder"], r["profile"], threads=settings.threads))
+                r.update(engine.measure_profile(r, threads=settings.threads))
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -30,7 +31,7 @@ def print_profiles(settings: Settings, model: str, *, as_json: bool, measure: bo
                   title=f"{ref.name} on {settings.engine}")
     for r in rows:
         mem = f"{r['weights_bytes'] / 1e6:.0f} MB" if r["weights_bytes"] else "-"
-        extra = ()
+        extra: tuple[str, ...] = ()
         if measure:
             extra = (*(f"{r[k] / 1e6:.0f} MB" if k in r else "-"
                        for k in ("rss_added_bytes", "peak_rss_added_bytes")),

@@ -25,13 +25,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gemmakit.engines.base import Engine
 from gemmakit.engines.common import Pending, TokenText, finish_stats, generation_budget
 from gemmakit.errors import (
     ConfigError,
     EngineError,
+    GemmakitError,
+    InvalidRequestError,
     OverloadedError,
     ServiceUnavailableError,
 )
+from gemmakit.profiles import PROFILES, ProfileRow, check_name
 from gemmakit.types import (
     Capabilities,
     Chunk,
@@ -196,7 +200,7 @@ class SequenceStream:
         self.cancel()
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(Engine):
     """GGUF through llama.cpp, with continuous batching.
 
     `parallel` sequences decode together in one batch, each in its own llama.cpp sequence id with
@@ -227,6 +231,7 @@ class LlamaCppEngine:
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.metadata = _model_metadata(ll, self._model)
+        self.chat_template = self.metadata.get("tokenizer.chat_template")
         self.trained_context_length = ll.llama_model_n_ctx_train(self._model)
 
         # Default: the trained context, capped so that `parallel` full caches stay modest
@@ -273,7 +278,7 @@ class LlamaCppEngine:
         self._slots = [_Slot(i) for i in range(parallel)]
         self._stop = False  # the worker exits
         self._draining = False  # refuse new work
-        self._force_end: str | None = None  # end everything now with this finish reason
+        self._force_end: FinishReason | None = None  # end everything now with this reason
         self._failed: str | None = None
         self._worker = threading.Thread(target=self._run, name="gemmakit-llamacpp", daemon=True)
         self._worker.start()
@@ -287,6 +292,19 @@ class LlamaCppEngine:
                    threads=settings.threads, batch_size=settings.batch_size,
                    parallel=settings.parallel, max_queue=settings.max_queue,
                    prefill_chunk=settings.prefill_chunk, prefix_cache=settings.prefix_cache)
+
+    @classmethod
+    def plan_profile(cls, model: ModelRef, profile: str) -> str:
+        if model.format != "gguf":
+            raise ConfigError("the llamacpp engine loads GGUF files")
+        return llamacpp_plan(profile, _file_type_of(model.path)).summary
+
+    @classmethod
+    def profile_table(cls, model: ModelRef, home: Path) -> list[ProfileRow]:
+        ft = _file_type_of(model.path)
+        size = model.path.stat().st_size
+        return [{"profile": prof, "plan": llamacpp_plan(prof, ft).summary,
+                 "weights_bytes": size, "refused": None} for prof in PROFILES]
 
     # --- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
@@ -315,7 +333,10 @@ class LlamaCppEngine:
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
 
     # --- submission (event-loop side) -------------------------------------------------------
-    def submit(self, requests: Sequence[GenerationRequest]) -> list[SequenceStream]:
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[AsyncIterator[Chunk]]:
+        return list(self.submit_sequences(requests))
+
+    def submit_sequences(self, requests: Sequence[GenerationRequest]) -> list[SequenceStream]:
         """Queue `requests` together (all or none) and return their streams. Raises at once —
         never waits — when the engine is full (OverloadedError, with a Retry-After derived from
         the recent completion rate), shutting down, or a prompt cannot fit."""
@@ -345,7 +366,7 @@ class LlamaCppEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Generate one sequence (submit + iterate). Cancelling the consumer cancels it."""
-        (s,) = self.submit([request])
+        (s,) = self.submit_sequences([request])
         try:
             async for chunk in s:
                 yield chunk
@@ -479,6 +500,11 @@ class LlamaCppEngine:
         forward pass per step. What it starts with: the longest prompt prefix held by any slot
         (an idle slot's cache or a running sequence's cells); when that is another slot, its
         cells are copied across (a memory copy, far cheaper than recomputing them)."""
+        try:
+            seq.sampler, seq.greedy_bias = self._make_sampler(seq.request)
+        except Exception as e:  # this request's sampler or grammar: it alone fails
+            self._fail_sequence(seq, e, "building its sampler")
+            return
         busy = {s.slot.seq_id for s in self._active if s.slot is not None}
         prompt = seq.request.prompt_tokens
         free = [slot for slot in self._slots if slot.seq_id not in busy]
@@ -520,7 +546,6 @@ class LlamaCppEngine:
         seq.n_past = seq.n_prompt_done = seq.cached_prompt = keep
         target.cached = []
         seq.t_start = time.perf_counter()
-        seq.sampler, seq.greedy_bias = self._make_sampler(seq.request)
         seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
         self._active.append(seq)
 
@@ -534,6 +559,26 @@ class LlamaCppEngine:
         if seq.sampler is not None:
             self._ll.llama_sampler_free(seq.sampler)
             seq.sampler = None
+
+    def _fail_sequence(self, seq: _Sequence, error: Exception, doing: str) -> None:
+        """End one sequence with an error and keep serving the others (fault isolation). An
+        error the request caused keeps its status (a 400); anything else is logged with the
+        request id and reaches the client as a 500 naming it."""
+        if isinstance(error, GemmakitError):
+            out: GemmakitError = error
+        elif isinstance(error, _RequestFault):
+            out = InvalidRequestError(str(error))
+        else:
+            log.error("request %s failed while %s", seq.request.request_id, doing,
+                      exc_info=error)
+            out = EngineError("generation failed inside the engine")
+        seq.emit(out)
+        with self._cond:
+            if seq in self._active:
+                self._retire_locked(seq)
+            elif seq.sampler is not None:
+                self._ll.llama_sampler_free(seq.sampler)
+                seq.sampler = None
 
     def _drop_cancelled_locked(self) -> None:
         for seq in [s for s in self._active if s.cancelled]:
@@ -565,8 +610,8 @@ class LlamaCppEngine:
         whole prefill."""
         prefilling = [s for s in self._active if s.prefilling and not s.cancelled]
         if prefilling:
-            decoding = any(not s.prefilling for s in self._active)
-            budget = self.prefill_chunk if decoding else self.batch_size
+            any_decoding = any(not s.prefilling for s in self._active)
+            budget = self.prefill_chunk if any_decoding else self.batch_size
             plan = []
             for seq in prefilling:
                 take = min(budget, len(seq.request.prompt_tokens) - seq.n_prompt_done)
@@ -587,8 +632,8 @@ class LlamaCppEngine:
         one micro-batch."""
         n = 0
         sample_at: list[tuple[_Sequence, int]] = []  # (sequence, batch index of its logits)
-        for seq, take in sorted(plan, key=lambda item: item[0].slot.seq_id):
-            seq_id = seq.slot.seq_id
+        for seq, take in sorted(plan, key=lambda item: _seq_id(item[0])):
+            seq_id = _seq_id(seq)
             if not seq.prefilling:
                 self._batch_add(n, seq.generated[-1], seq.n_past, seq_id, True)
                 sample_at.append((seq, n))
@@ -608,11 +653,24 @@ class LlamaCppEngine:
         self._batch.n_tokens = n
         rc = self._ll.llama_decode(self._ctx, self._batch)
         if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
+            # The sequences of this batch end with an error and their cells are dropped (their
+            # state is unknown); the engine goes on serving the others.
+            err = RuntimeError(f"llama_decode returned {rc}")
+            for seq, _ in plan:
+                slot = seq.slot
+                self._fail_sequence(seq, err, "decoding")
+                if slot is not None:
+                    self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                    slot.cached = []
+            return
         # One wake-up of each consumer event loop per step, not one per token.
         out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Chunk]]] = {}
         for seq, idx in sample_at:
-            chunk = self._sample(seq, idx)
+            try:
+                chunk = self._sample(seq, idx)
+            except Exception as e:  # sampling, grammar or detokenizing this one sequence
+                self._fail_sequence(seq, e, "sampling")
+                continue
             if chunk is not None:
                 out.setdefault(seq.loop, []).append((seq.out, chunk))
         for loop, items in out.items():
@@ -741,7 +799,8 @@ class LlamaCppEngine:
                                                     b"root")
             if not grammar:
                 ll.llama_sampler_free(chain)
-                raise ValueError("llama.cpp refused the grammar")
+                raise _RequestFault("llama.cpp refused the request's grammar (from its "
+                                    "tool_choice or response_format)")
             ll.llama_sampler_chain_add(chain, grammar)
         if sp.temperature == 0.0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
@@ -758,9 +817,19 @@ class LlamaCppEngine:
         return chain, None
 
 
+class _RequestFault(ValueError):
+    """A failure the request itself caused (a grammar llama.cpp refuses): a 400, not a 500."""
+
+
 def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
     for queue, chunk in items:
         queue.put_nowait(chunk)
+
+
+def _seq_id(seq: _Sequence) -> int:
+    """The sequence id of an admitted sequence (every sequence in a batch has a slot)."""
+    assert seq.slot is not None
+    return seq.slot.seq_id
 
 
 def _runs(ids: set[int]) -> int:
@@ -792,6 +861,10 @@ def describe(path: str | Path) -> dict[str, object]:
     }
 
 
+def _file_type_of(path: str | Path) -> str | None:
+    return _file_type_name(read_gguf_metadata(path).get("general.file_type"))
+
+
 def _file_type_name(value: str | None) -> str | None:
     if value is None:
         return None
@@ -800,3 +873,47 @@ def _file_type_name(value: str | None) -> str | None:
 
         return LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
     return value
+
+
+# --- loading profiles ------------------------------------------------------------------------
+# llama.cpp serves a GGUF in its own type; when that does not match the profile, the plan says
+# that re-quantization is a separate step (llama-quantize), not a load option.
+
+# Bits per weight of common GGUF file types (llama.cpp's own figures, rounded).
+_GGUF_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7,
+              "Q5_K_S": 5.5, "Q5_0": 5.5, "Q5_1": 6, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_0": 4.5,
+              "Q4_1": 5, "Q3_K_M": 3.9, "Q3_K_S": 3.5, "Q3_K_L": 4.3, "Q2_K": 3.4,
+              "IQ4_XS": 4.3, "IQ4_NL": 4.5}
+# The bits per weight each profile stands for (4 / 8 / 16), as a band of GGUF types.
+_PROFILE_BANDS = {"max-efficiency": (0.0, 5.0), "balanced": (5.0, 9.0),
+                  "performance": (9.0, 33.0)}
+
+
+@dataclass(frozen=True)
+class GgufPlan:
+    profile: str
+    file_type: str
+    bits: float | None
+    note: str | None = None
+
+    @property
+    def summary(self) -> str:
+        s = f"{self.profile} on llama.cpp: {self.file_type} (the file's own type)"
+        return f"{s}; {self.note}" if self.note else s
+
+
+def llamacpp_plan(profile: str, file_type: str | None) -> GgufPlan:
+    """llama.cpp serves a GGUF in its own type: the plan says so, and says when the file does not
+    match the profile that re-quantizing is a separate step."""
+    check_name(profile)
+    ft = (file_type or "unknown").upper()
+    bits = _GGUF_BITS.get(ft)
+    lo, hi = _PROFILE_BANDS[profile]
+    note = None
+    if bits is None or not lo < bits <= hi:
+        want = {"max-efficiency": "4-bit (Q4_K_M)", "balanced": "8-bit (Q8_0)",
+                "performance": "16-bit (F16/BF16)"}[profile]
+        note = (f"the profile asks for {want} weights; re-quantization is a separate step "
+                "(llama-quantize, or convert_hf_to_gguf.py from the original checkpoint), not a "
+                "load option")
+    return GgufPlan(profile, ft, bits, note)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemmakit.engines.base import Engine
 from gemmakit.engines.common import Pending, TokenText, finish_stats, generation_budget
 from gemmakit.errors import (
     ConfigError,
@@ -27,6 +28,7 @@ from gemmakit.errors import (
     UnsupportedError,
 )
 from gemmakit.media import MediaLimits
+from gemmakit.profiles import ProfileRow
 from gemmakit.types import (
     AudioPart,
     Capabilities,
@@ -59,7 +61,7 @@ def _torch():
     return torch
 
 
-class TransformersEngine:
+class TransformersEngine(Engine):
     """A transformers model on CPU or CUDA. Construct with `from_settings` (blocking)."""
 
     name = "transformers"
@@ -69,14 +71,14 @@ class TransformersEngine:
                  media_limits: MediaLimits | None = None, pan_and_scan: bool = False,
                  device: str | None = None) -> None:
         torch = _torch()
-        from gemmakit import profiles
         from gemmakit.hf import loading
+        from gemmakit.hf.profiles import transformers_plan
 
         self.path = Path(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
-        plan = profiles.transformers_plan(profile, self.device)
+        plan = transformers_plan(profile, self.device)
         self.profile = plan
         loaded = loading.load(self.path, dtype=plan.dtype, device=self.device,
                               quantization_config=plan.quantization_config())
@@ -87,6 +89,8 @@ class TransformersEngine:
             log.warning("%s: %s", self.path.name, note)
         tcfg = loading.text_config(loaded.config)
         self.n_vocab = int(tcfg.vocab_size)
+        template = self.tokenizer.chat_template
+        self.chat_template = template if isinstance(template, str) else None
         self.trained_context_length = int(tcfg.max_position_embeddings)
         self.context_length = context_length or self.trained_context_length
         self.capabilities = Capabilities(text=True, vision=loaded.vision, audio=loaded.audio)
@@ -122,9 +126,32 @@ class TransformersEngine:
             check_hf_folder(model.path)
             path = model.path
         return cls(path, context_length=settings.context_length, threads=settings.threads,
-                   profile=getattr(settings, "profile", None),
-                   media_limits=MediaLimits.from_settings(settings),
-                   pan_and_scan=getattr(settings, "pan_and_scan", False))
+                   profile=settings.profile, media_limits=MediaLimits.from_settings(settings),
+                   pan_and_scan=settings.pan_and_scan)
+
+    # --- loading profiles (hf/profiles.py) ------------------------------------------------------
+    @classmethod
+    def plan_profile(cls, model: ModelRef, profile: str) -> str:
+        from gemmakit.hf.profiles import default_device, transformers_plan
+
+        return transformers_plan(profile, default_device()).summary
+
+    @classmethod
+    def profile_table(cls, model: ModelRef, home: Path) -> list[ProfileRow]:
+        from gemmakit.hf.checkpoint import check_hf_folder, dense_from_gguf
+        from gemmakit.hf.profiles import profile_table
+
+        if model.format == "gguf":
+            return profile_table(dense_from_gguf(model.path, home))
+        check_hf_folder(model.path)
+        return profile_table(model.path)
+
+    @classmethod
+    def measure_profile(cls, row: dict[str, Any], *, threads: int | None = None
+                        ) -> dict[str, Any]:
+        from gemmakit.hf.profiles import measure
+
+        return measure(row["folder"], row["profile"], threads=threads)
 
     # --- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
@@ -164,6 +191,7 @@ class TransformersEngine:
         if not self.capabilities.vision:
             raise UnsupportedError("this model has no vision: it cannot take image input"
                                    + ("" if not self.notes else f" ({self.notes[0]})"))
+        assert self.processor is not None  # a model with vision has one
         image = decode_image(part, self.media_limits)
         kwargs = {"do_pan_and_scan": True} if self.pan_and_scan else {}
         feats = self.processor.image_processor([image], return_tensors="pt", **kwargs)
@@ -176,6 +204,7 @@ class TransformersEngine:
 
         if not self.capabilities.audio:
             raise UnsupportedError("this model has no audio tower: it cannot take audio input")
+        assert self.processor is not None  # a model with an audio tower has one
         fe = self.processor.feature_extractor
         limit = min(self.media_limits.max_audio_seconds,
                     getattr(fe, "n_samples", 480_000) / fe.sampling_rate)
@@ -263,13 +292,14 @@ class TransformersEngine:
         torch = _torch()
         ids = torch.tensor([req.prompt_tokens], device=self.model.device)
         inputs: dict[str, Any] = {"input_ids": ids}
-        pixels = [f["pixel_values"] for f in req.media_features if "pixel_values" in f]
+        media: list[dict[str, Any]] = [f for f in req.media_features if isinstance(f, dict)]
+        pixels = [f["pixel_values"] for f in media if "pixel_values" in f]
         if pixels:
             inputs["pixel_values"] = torch.cat(pixels).to(self.model.device, self.model.dtype)
             if self.image_token_id is not None:
                 # Image tokens attend to each other bidirectionally (Gemma 3's mask).
                 inputs["token_type_ids"] = (ids == self.image_token_id).long()
-        audio = [f for f in req.media_features if "input_features" in f]
+        audio = [f for f in media if "input_features" in f]
         if audio:
             longest = max(f["input_features"].shape[1] for f in audio)
             feats, masks = [], []
