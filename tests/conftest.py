@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
+from gemmakit.engines.base import Engine
 from gemmakit.types import (
     Capabilities,
     Chunk,
@@ -42,7 +45,7 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_IDS) + ")"
 _ID_TO_SPECIAL = {v: k for k, v in SPECIAL_IDS.items()}
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     """Implements the `gemmakit.engines.base.Engine` contract with scripted replies.
 
     - `tokenize`: one id per character; with ``special=True`` control-token markup such as
@@ -63,9 +66,17 @@ class FakeEngine:
         self.default_reply: list[Chunk | BaseException] = self.text_reply("ok")
         self.healthy = True
         self.closed = False
+        self.delay_s = 0.0
+        """Seconds between chunks (a slow engine, for cancellation tests)."""
+        self.cancelled: list[str] = []
+        """Request ids whose streams were closed before their last chunk."""
         self._replies: collections.deque[list[Chunk | BaseException]] = collections.deque()
 
     # --- the engine contract ----------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, model: Any, settings: Any) -> FakeEngine:
+        return cls()
+
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         if not special:
             return [CHAR_BASE + ord(c) for c in text]
@@ -87,11 +98,18 @@ class FakeEngine:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
         reply = self._replies.popleft() if self._replies else self.default_reply
-        for item in reply:
-            await asyncio.sleep(0)  # a real engine yields to the loop between tokens
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        done = False
+        try:
+            for item in reply:
+                await asyncio.sleep(self.delay_s)  # a real engine yields between tokens
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                done = isinstance(item, Chunk) and item.finish_reason is not None
+                yield item
+        finally:
+            if not done:
+                self.cancelled.append(request.request_id)
 
     def health(self) -> EngineHealth:
         return EngineHealth(ok=self.healthy, detail="" if self.healthy else "broken")
@@ -128,6 +146,31 @@ class FakeEngine:
     @staticmethod
     def count_special(ids: Sequence[int], token: str) -> int:
         return sum(1 for i in ids if i == SPECIAL_IDS[token])
+
+
+@contextlib.contextmanager
+def uvicorn_thread(app: Any, timeout: float = 30.0) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL once
+    /health answers 200, stops the server after."""
+    import httpx
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}"
+    while httpx.get(f"{base_url}/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ same pipeline as the server (same validation, media limits, usage counts), in-pr
 
 Every method has an async form (`achat`, `astream_chat`, `atranscribe`, `atranslate`); the sync
 forms run them on a private event-loop thread, so they also work inside a running event loop.
-`generate_async(messages, config, multimodal_input)` mirrors the seed's ProductionGemmaService.
+`generate_async(messages, config, multimodal_input)` takes sampling settings as a mapping and media
+parts beside the messages.
 """
 
 from __future__ import annotations
@@ -19,15 +20,28 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemmakit.errors import InvalidRequestError
-from gemmakit.types import AudioPart, EngineHealth, FinishReason, ImagePart, Message, Part
-from gemmakit.types import SamplingParams, TextPart
+from gemmakit.pipeline import ChatJob
+from gemmakit.types import (
+    AudioPart,
+    EngineHealth,
+    FinishReason,
+    ImagePart,
+    Message,
+    Part,
+    SamplingParams,
+    TextPart,
+)
+
+if TYPE_CHECKING:
+    from gemmakit.pipeline import Pipeline
+    from gemmakit.service import Service
+    from gemmakit.settings import Settings
 
 MessagesLike = str | Sequence[Message | Mapping[str, Any]]
 
@@ -43,18 +57,14 @@ class ChatResult:
 def load(model: str = "gemma-3-270m", *, engine: str = "llamacpp", profile: str | None = None,
          **settings: Any) -> Gemma:
     """Load `model` (a catalog alias, a .gguf file or a Hugging Face folder) with `engine`
-    (blocking). Extra keyword arguments are `Settings` fields (context_length, threads, home…)."""
-    from gemmakit.catalog import resolve
-    from gemmakit.engines import engine_class
-    from gemmakit.profiles import check
-    from gemmakit.service import Service
+    (blocking). Extra keyword arguments are `Settings` fields (context_length, threads, home,
+    policy…): requests go through the same pipeline as the server's (validation, content
+    policy, usage counts), without keys or a usage ledger."""
+    from gemmakit import compose
     from gemmakit.settings import Settings
 
     s = Settings.load(model=model, engine=engine, profile=profile, **settings)
-    ref = resolve(s.model, s.models_dir)
-    check(s.engine, ref.format, ref.path, s.profile)
-    eng = engine_class(s.engine).from_settings(ref, s)
-    return Gemma(Service(eng, s.served_model_name or ref.name), s)
+    return Gemma(compose.load(s), s)
 
 
 def _to_messages(messages: MessagesLike) -> list[Message]:
@@ -65,7 +75,7 @@ def _to_messages(messages: MessagesLike) -> list[Message]:
     from gemmakit.server.protocol import ChatCompletionRequest
 
     dicts = [m if isinstance(m, Mapping) else _message_dict(m) for m in messages]
-    return ChatCompletionRequest(model="-", messages=dicts).to_messages()
+    return ChatCompletionRequest.model_validate({"model": "-", "messages": dicts}).to_messages()
 
 
 def _message_dict(m: Message) -> dict[str, Any]:
@@ -87,8 +97,8 @@ def _audio_part(audio: bytes | str | Path, fmt: str | None) -> AudioPart:
 class Gemma:
     """One loaded model. Thread-safe; close it (or use `with`) to free the engine."""
 
-    def __init__(self, service: Any, settings: Any) -> None:
-        self.service = service
+    def __init__(self, pipeline: Pipeline, settings: Settings) -> None:
+        self.pipeline = pipeline
         self.settings = settings
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -96,27 +106,32 @@ class Gemma:
 
     @property
     def model_name(self) -> str:
-        return self.service.model_name
+        return self.pipeline.model_name
+
+    @property
+    def service(self) -> Service:
+        return self.pipeline.service
 
     # --- async ------------------------------------------------------------------------------
     async def achat(self, messages: MessagesLike, **sampling: Any) -> ChatResult:
-        prepared = self.service.prepare_chat(_to_messages(messages), SamplingParams(**sampling),
-                                             uuid.uuid4().hex)
-        results, usage = await self.service.collect(prepared)
-        return ChatResult(results[0].text, results[0].finish_reason, usage.prompt_tokens,
-                          usage.completion_tokens)
+        run = self.pipeline.begin()
+        await run.chat(ChatJob(_to_messages(messages), SamplingParams(**sampling)))
+        (result,) = await run.collect()
+        return ChatResult(result.text, result.finish_reason, run.usage.prompt_tokens,
+                          run.usage.completion_tokens)
 
     async def astream_chat(self, messages: MessagesLike, **sampling: Any) -> AsyncIterator[str]:
-        prepared = self.service.prepare_chat(_to_messages(messages), SamplingParams(**sampling),
-                                             uuid.uuid4().hex)
-        async for _, chunk in self.service.stream(prepared):
-            if chunk.text:
-                yield chunk.text
+        run = self.pipeline.begin()
+        await run.chat(ChatJob(_to_messages(messages), SamplingParams(**sampling)))
+        async for d in run.stream():
+            if d.text:
+                yield d.text
 
     async def aprocess_audio(self, audio: bytes | str | Path, task: str = "transcribe", *,
                              format: str | None = None, language: str | None = None,
                              prompt: str | None = None, **sampling: Any) -> str:
-        """The seed's `process_audio(task="transcribe"|"translate")`."""
+        """Transcribe (`task="transcribe"`) or translate into English (`"translate"`) a clip: a
+path, or bytes with their `format`."""
         from gemmakit.prompts.audio import audio_task_messages
 
         if task not in ("transcribe", "translate"):
@@ -135,13 +150,13 @@ class Gemma:
 
     async def generate_async(self, messages: MessagesLike, config: Mapping[str, Any] | None = None,
                              multimodal_input: Sequence[Part] | None = None) -> ChatResult:
-        """The seed's `generate_async`: `config` holds sampling parameters; `multimodal_input`
+        """A chat turn where `config` holds the sampling parameters and `multimodal_input`
         (ImagePart / AudioPart) is appended to the last user message."""
         msgs = _to_messages(messages)
         if multimodal_input:
             last = msgs[-1]
-            content = [TextPart(last.content)] if isinstance(last.content, str) else \
-                list(last.content or [])
+            content: list[Part] = [TextPart(last.content)] if isinstance(last.content, str) \
+                else list(last.content or [])
             for p in multimodal_input:
                 if not isinstance(p, (ImagePart, AudioPart, TextPart)):
                     raise InvalidRequestError("multimodal_input takes ImagePart / AudioPart",
@@ -151,7 +166,7 @@ class Gemma:
         return await self.achat(msgs, **dict(config or {}))
 
     async def aclose(self) -> None:
-        await self.service.engine.aclose()
+        await self.pipeline.aclose()
 
     # --- sync ---------------------------------------------------------------------------------
     def _run(self, coro: Any) -> Any:
@@ -205,7 +220,7 @@ class Gemma:
         return self._run(self.atranslate(audio, **kw))
 
     def health(self) -> EngineHealth:
-        return self.service.engine.health()
+        return self.pipeline.engine.health()
 
     def close(self) -> None:
         if self._loop is not None:

@@ -1,7 +1,8 @@
-"""The generation pipeline, shared by the HTTP server, the CLI and the Python API.
+"""The service: one served model's rendering, tokenization and generation, below the request
+pipeline (`gemmakit.pipeline`), which is what every caller goes through.
 
 messages --prompts/gemma--> segments --engine.tokenize--> token ids --> one GenerationRequest per
-choice --engine.stream--> (choice index, Chunk) events. Context limits are checked here, before
+choice --engine.submit--> (choice index, Chunk) events. Context limits are checked here, before
 anything is queued: a prompt that does not fit is refused, never truncated.
 """
 
@@ -50,10 +51,14 @@ Stage = Callable[[int, Chunk], Awaitable[Chunk]]
 class ChoiceResult:
     index: int
     text: str = ""
+    """Everything the choice generated (after the output stages)."""
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     stats: ChunkStats | None = None
+    content: str | None = None
+    """The reply's content once its tool calls are parsed out (the pipeline fills it in)."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -175,10 +180,7 @@ class Service:
         """Submit every choice at once (all or none) and return their chunk streams. Raises
         before anything runs when the engine is full (429) or shutting down (503), so an HTTP
         route can still answer with a status code."""
-        submit = getattr(self.engine, "submit", None)
-        if submit is not None:
-            return list(submit(prepared.requests))
-        return [self.engine.stream(r) for r in prepared.requests]
+        return list(self.engine.submit(prepared.requests))
 
     async def stream(self, prepared: Prepared, streams: list[AsyncIterator[Chunk]] | None = None
                      ) -> AsyncIterator[tuple[int, Chunk]]:
@@ -190,7 +192,7 @@ class Service:
                 async for chunk in self._staged(prepared, 0, streams[0]):
                     yield 0, chunk
             finally:
-                await _close(streams[0])
+                await close_stream(streams[0])
             return
         q: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
 
@@ -201,7 +203,7 @@ class Service:
             except Exception as e:
                 q.put_nowait((i, e))
             finally:
-                await _close(s)
+                await close_stream(s)
                 q.put_nowait((i, None))
 
         tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
@@ -252,8 +254,9 @@ class Service:
         return results, Usage(prepared.prompt_tokens, sum(len(r.token_ids) for r in results))
 
 
-async def _close(stream: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(stream, "aclose", None)
+async def close_stream(stream: AsyncIterator[Chunk]) -> None:
+    """Close a choice's chunk stream (which cancels its generation)."""
+    aclose = getattr(stream, "aclose", None)  # async generators and engine streams have it
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()

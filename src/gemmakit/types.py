@@ -7,7 +7,7 @@ reused by the HTTP protocol models so a bad value is refused with the OpenAI par
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,8 +87,9 @@ class AudioPart:
     type: Literal["audio"] = "audio"
 
 
-Part = Union[TextPart, ImagePart, AudioPart]
-Role = Literal["system", "user", "assistant", "tool"]
+Part = TextPart | ImagePart | AudioPart
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+"""`developer` is OpenAI's newer name for `system`; Gemma's renderer folds both the same way."""
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,8 @@ suite through the server and in-process (reference perplexity by teacher forcing
 
 from __future__ import annotations
 
-import time
-
 import json
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -117,17 +116,18 @@ def test_reference_logprobs_are_the_models_own_for_each_forced_token(engine):
     arithmetic (measured up to 0.25 nats on this Q4 model; see docs/monitoring.md)."""
     import asyncio
 
+    from gemmakit.compose import build_pipeline
     from gemmakit.monitoring.evals.suite import EvalItem
     from gemmakit.monitoring.evals.targets import LocalTarget
-    from gemmakit.service import Service
     from gemmakit.types import GenerationRequest, SamplingParams
 
     item = EvalItem(prompt="The largest ocean on Earth is the", reference=" Pacific Ocean.")
 
     async def go():
-        target = LocalTarget(Service(engine, MODEL))
+        target = LocalTarget(build_pipeline(engine, MODEL))
         forced = await target.reference_logprobs(item)
-        prompt = target._prepare(item, SamplingParams(max_tokens=1)).prompt_token_lists[0]
+        prompt = target.pipeline.service.prepare_completion(
+            [item.prompt], SamplingParams(max_tokens=1), "t").prompt_token_lists[0]
         ref = engine.tokenize(item.reference)
         own = []
         for k, tok in enumerate(ref):

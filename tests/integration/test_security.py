@@ -211,14 +211,18 @@ def test_redis_shared_limits_across_two_processes(tmp_path, model_path, redis_ur
 def test_classifier_hook_plumbing_with_the_bundled_model(engine):
     import asyncio
 
+    from gemmakit.compose import build_pipeline
     from gemmakit.safety.classifier import Classifier
     from gemmakit.safety.config import ClassifierConfig
-    from gemmakit.service import Service
 
     clf = Classifier(ClassifierConfig(enabled=True, threshold=0.5))
-    service = Service(engine, MODEL)
+    pipeline = build_pipeline(engine, MODEL)
+
+    def judge(messages, sampling):
+        return pipeline.internal_chat("judge", messages, sampling)
+
     for direction in ("input", "output"):
-        verdict = asyncio.run(clf.judge(service, "How do I bake bread?", direction))
+        verdict = asyncio.run(clf.judge(judge, "How do I bake bread?", direction))
         assert 0.0 <= verdict.p_violation <= 1.0
         assert verdict.violates == (verdict.p_violation >= 0.5)
 

@@ -175,17 +175,17 @@ def test_tool_results_round_trip(client):
 def test_tool_loop_end_to_end_with_the_example_tools(engine):
     """run_tools over the real engine: forced first calls, executed, results fed back, an answer
     at the end (the last step may not call)."""
-    from gemmakit.service import Service
+    from gemmakit.compose import build_pipeline
     from gemmakit.tools.examples import calculate_math, get_weather
     from gemmakit.tools.runner import run_tools
     from gemmakit.types import SamplingParams
 
-    service = Service(engine, MODEL)
+    pipeline = build_pipeline(engine, MODEL)
     for name, question in (("calculate_math", "What is 6 * 7?"),
                            ("get_weather", "How warm is it in Paris?")):
         seen = []
         result = run_tools([{"role": "user", "content": question}],
-                           [get_weather, calculate_math], service=service,
+                           [get_weather, calculate_math], pipeline=pipeline,
                            tool_choice={"type": "function", "function": {"name": name}},
                            parallel_tool_calls=False, max_steps=2,
                            sampling=SamplingParams(max_tokens=48, temperature=0),

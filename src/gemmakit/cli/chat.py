@@ -1,4 +1,4 @@
-"""`gemmakit chat` (multi-turn REPL or one-shot), in-process: the same service the server uses,
+"""`gemmakit chat` (multi-turn REPL or one-shot), in-process: the same request pipeline the server uses,
 with no HTTP in between. `gemmakit complete` shares it."""
 
 from __future__ import annotations
@@ -6,17 +6,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import uuid
 from typing import TYPE_CHECKING
 
 from gemmakit.cli import tools as tool_flags
 from gemmakit.cli.common import ENGINE_FLAGS, SAMPLING_SKIP, load_settings, settings_flags
 from gemmakit.cli.flags import add_model_flags, build
 from gemmakit.errors import GemmakitError
+from gemmakit.pipeline import Caller, ChatJob, CompletionJob, Run
 from gemmakit.types import Message, SamplingParams
 
 if TYPE_CHECKING:
-    from gemmakit.service import Prepared, Service
+    from gemmakit.pipeline import Pipeline
 
 HELP = "Chat in the terminal (multi-turn; or one-shot with a question)."
 
@@ -36,38 +36,43 @@ def add_engine_and_sampling_flags(p: argparse.ArgumentParser) -> None:
 _HELP = "Commands: /reset (forget the conversation), /bye or Ctrl-D (quit), /help."
 
 
-async def _print_stream(service: Service, prepared: Prepared) -> tuple[str, str | None]:
+async def _print_stream(run: Run) -> tuple[str, str | None]:
     text, finish = "", None
-    async for _, chunk in service.stream(prepared):
-        if chunk.text:
-            sys.stdout.write(chunk.text)
+    async for d in run.stream():
+        if d.text:
+            sys.stdout.write(d.text)
             sys.stdout.flush()
-            text += chunk.text
-        finish = chunk.finish_reason or finish
+            text += d.text
+        finish = d.finish_reason or finish
     sys.stdout.write("\n")
     sys.stdout.flush()
     return text, finish
 
 
-async def _chat(service: Service, ns: argparse.Namespace, sampling: SamplingParams) -> int:
+async def _chat(pipeline: Pipeline, ns: argparse.Namespace, sampling: SamplingParams) -> int:
     system = [Message("system", ns.system)] if getattr(ns, "system", None) else []
+
+    def begin() -> Run:
+        return pipeline.begin(Caller(endpoint=f"cli {ns.command}"))
+
     if ns.command == "complete":
-        prepared = service.prepare_completion([ns.prompt], sampling, uuid.uuid4().hex)
-        await _print_stream(service, prepared)
+        run = begin()
+        await run.complete(CompletionJob([ns.prompt], sampling))
+        await _print_stream(run)
         return 0
     tools = tool_flags.load_tools(ns.tools) if getattr(ns, "tools", None) else None
     if tools and ns.prompt is not None:
-        await tool_flags.answer(service, [*system, Message("user", ns.prompt)], tools, sampling,
+        await tool_flags.answer(pipeline, [*system, Message("user", ns.prompt)], tools, sampling,
                                 ns)
         return 0
     if ns.prompt is not None:
-        prepared = service.prepare_chat([*system, Message("user", ns.prompt)], sampling,
-                                        uuid.uuid4().hex)
-        await _print_stream(service, prepared)
+        run = begin()
+        await run.chat(ChatJob([*system, Message("user", ns.prompt)], sampling))
+        await _print_stream(run)
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"gemmakit chat with {service.model_name}. {_HELP}", file=sys.stderr)
+        print(f"gemmakit chat with {pipeline.model_name}. {_HELP}", file=sys.stderr)
     history: list[Message] = []
     while True:
         try:
@@ -87,43 +92,39 @@ async def _chat(service: Service, ns: argparse.Namespace, sampling: SamplingPara
             print(_HELP, file=sys.stderr)
             continue
         turn = [*history, Message("user", line)]
-        try:
-            prepared = service.prepare_chat([*system, *turn], sampling, uuid.uuid4().hex)
-        except GemmakitError as e:
-            print(f"error: {e.message}", file=sys.stderr)
-            continue
         if tools:
             try:
-                history = (await tool_flags.answer(service, [*system, *turn], tools, sampling,
+                history = (await tool_flags.answer(pipeline, [*system, *turn], tools, sampling,
                                                    ns))[len(system):]
             except GemmakitError as e:
                 print(f"error: {e.message}", file=sys.stderr)
             continue
-        reply, finish = await _print_stream(service, prepared)
+        run = begin()
+        try:
+            await run.chat(ChatJob([*system, *turn], sampling))
+        except GemmakitError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            continue
+        reply, finish = await _print_stream(run)
         if finish == "length":
             print("(reply cut at max_tokens)", file=sys.stderr)
         history = [*turn, Message("assistant", reply)]
 
 
 def run(ns: argparse.Namespace) -> int:
-    from gemmakit.catalog import resolve
-    from gemmakit.engines import engine_class
-    from gemmakit.service import Service
+    from gemmakit import compose
 
     sampling = build(SamplingParams, ns)
     settings = load_settings(ns)
-    ref = resolve(settings.model, settings.models_dir)
-    if settings.profile is not None:
-        from gemmakit.profiles import check
-
-        print(f"profile: {check(settings.engine, ref.format, ref.path, settings.profile)}",
-              file=sys.stderr)
-    engine = engine_class(settings.engine).from_settings(ref, settings)
+    plan = compose.plan(settings)
+    if plan.profile is not None:
+        print(f"profile: {plan.profile}", file=sys.stderr)
+    pipeline = plan.pipeline(plan.load_engine())
 
     async def go() -> int:
         try:
-            return await _chat(Service(engine, ref.name), ns, sampling)
+            return await _chat(pipeline, ns, sampling)
         finally:
-            await engine.aclose()
+            await pipeline.aclose()
 
     return asyncio.run(go())

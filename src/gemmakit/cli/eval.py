@@ -99,13 +99,9 @@ def _target(ns: argparse.Namespace, settings: Any) -> Any:
 
     if ns.url:
         return HttpTarget(ns.url, ns.model, ns.api_key)
-    from gemmakit.catalog import resolve
-    from gemmakit.engines import engine_class
-    from gemmakit.service import Service
+    from gemmakit import compose
 
-    ref = resolve(settings.model, settings.models_dir)
-    engine = engine_class(settings.engine).from_settings(ref, settings)
-    return LocalTarget(Service(engine, ref.name))
+    return LocalTarget(compose.load(settings))
 
 
 def _f(x: Any, fmt: str = "{:.3f}") -> str:

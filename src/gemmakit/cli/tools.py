@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gemmakit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gemmakit.service import Service
+    from gemmakit.pipeline import Pipeline
     from gemmakit.tools.runner import ToolEvent
     from gemmakit.types import Message, SamplingParams
 
@@ -57,12 +57,12 @@ def show(ev: ToolEvent) -> None:
     print(f"[tool] {'error' if ev.error else 'result'}: {ev.result}", file=sys.stderr)
 
 
-async def answer(service: Service, history: list[Message], tools: list[Any],
+async def answer(pipeline: Pipeline, history: list[Message], tools: list[Any],
                  sampling: SamplingParams, ns: argparse.Namespace) -> list[Message]:
     """Run one turn with tools; print the answer; return the conversation including it."""
     from gemmakit.tools.runner import arun_tools
 
-    result = await arun_tools(service, history, tools, sampling=sampling,
+    result = await arun_tools(pipeline, history, tools, sampling=sampling,
                               tool_choice=ns.tool_choice, max_steps=ns.max_tool_steps,
                               parallel_tool_calls=ns.parallel_tool_calls,
                               on_event=show)

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 from gemmakit.monitoring.alerts import AlertManager
 from gemmakit.monitoring.config import MonitoringSettings
 from gemmakit.monitoring.metrics import Metrics
-from gemmakit.monitoring.observe import ObservingMiddleware, RequestObservation
 from gemmakit.monitoring.readiness import ReadinessProbe
 from gemmakit.monitoring.window import RequestRecord, RequestWindow
 from gemmakit.types import EngineHealth
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from gemmakit.pipeline import Finished
 
 
 def memory() -> dict[str, Any]:
@@ -50,19 +51,24 @@ class Monitor:
         return {"memory_rss_bytes": float(memory()["rss_bytes"]),
                 "queue_depth": float(h.requests_waiting) if h is not None else None}
 
-    def report(self, status: int, obs: RequestObservation) -> None:
-        """One generation request finished (called by the middleware; never raises into it)."""
-        e2e = time.perf_counter() - obs.t0
-        for stats in obs.sequences:
+    async def book(self, f: Finished) -> None:
+        """A finished request (a pipeline sink; the edge books refusals the same way)."""
+        if not f.generation:
+            return
+        if f.internal is not None:
+            self.metrics.observe_internal(f.internal, f.status, f.prompt_tokens,
+                                          f.completion_tokens)
+            return
+        for stats in f.sequences:
             self.metrics.observe_sequence(stats)
-        self.metrics.observe_request(status, e2e, obs.prompt_tokens, obs.generation_tokens,
-                                     obs.reached_engine)
+        self.metrics.observe_request(f.status, f.latency_s, f.prompt_tokens,
+                                     f.completion_tokens, f.reached_engine)
         self.window.add(RequestRecord(
-            t=self.window.clock(), status=status, e2e_s=e2e, prompt_tokens=obs.prompt_tokens,
-            generation_tokens=obs.generation_tokens,
-            ttft_s=tuple(s.time_to_first_token_s for s in obs.sequences
+            t=self.window.clock(), status=f.status, e2e_s=f.latency_s,
+            prompt_tokens=f.prompt_tokens, generation_tokens=f.completion_tokens,
+            ttft_s=tuple(s.time_to_first_token_s for s in f.sequences
                          if s.time_to_first_token_s is not None),
-            decode_tokens_per_s=tuple(s.decode_tokens_per_s for s in obs.sequences
+            decode_tokens_per_s=tuple(s.decode_tokens_per_s for s in f.sequences
                                       if s.decode_tokens_per_s and s.completion_tokens > 1)))
 
     def summary(self, window_seconds: float) -> dict[str, Any]:
@@ -84,12 +90,12 @@ class Monitor:
 
 
 def install(app: FastAPI, runtime: Any, settings: MonitoringSettings) -> Monitor:
-    """Attach monitoring to the app: observing middleware, routes, background alert evaluation."""
+    """Attach monitoring to the app: routes, background alert evaluation. Requests reach it as
+    a sink of the request pipeline (and of the edge, for requests it refuses)."""
     from gemmakit.server.routes import monitoring as routes
 
     monitor = Monitor(runtime, settings)
     app.state.monitor = monitor
-    app.add_middleware(ObservingMiddleware, report=monitor.report)
     app.include_router(routes.router)
     routes.mount_dashboard(app)
     inner = app.router.lifespan_context

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gemmakit.monitoring.config import MonitoringSettings
-from gemmakit.service import Service
 from gemmakit.types import SamplingParams
+
+if TYPE_CHECKING:
+    from gemmakit.pipeline import Pipeline
 
 Status = Literal["healthy", "degraded", "unhealthy"]
 _PROBE_PROMPT = "Hello"
@@ -41,17 +42,18 @@ class ReadinessProbe:
         self._running: asyncio.Task[ProbeResult] | None = None
         self.probes_run = 0
 
-    async def check(self, service: Service) -> ProbeResult:
+    async def check(self, pipeline: Pipeline) -> ProbeResult:
         last = self._last
         fresh = self.settings.ready_cache_seconds
         if last is not None and self.clock() - last.checked_mono < fresh:
             return last
         if self._running is None or self._running.done():
             # Its own task: a client that hangs up cannot cancel a probe others wait for.
-            self._running = asyncio.create_task(self._probe(service))
+            self._running = asyncio.create_task(self._probe(pipeline))
         return await asyncio.shield(self._running)
 
-    async def _probe(self, service: Service) -> ProbeResult:
+    async def _probe(self, pipeline: Pipeline) -> ProbeResult:
+        """One probe: an internal generation (counted apart from user traffic)."""
         self.probes_run += 1
         s = self.settings
         errors: list[str] = []
@@ -59,13 +61,11 @@ class ReadinessProbe:
         latency: float | None = None
         status: Status
         try:
-            prepared = service.prepare_completion(
-                [_PROBE_PROMPT], SamplingParams(max_tokens=1, temperature=0.0),
-                f"ready-{uuid.uuid4().hex[:8]}")
-            results, usage = await asyncio.wait_for(service.collect(prepared),
-                                                    s.ready_timeout_seconds)
+            answer = await asyncio.wait_for(pipeline.internal_completion(
+                "readiness", _PROBE_PROMPT, SamplingParams(max_tokens=1, temperature=0.0)),
+                s.ready_timeout_seconds)
             latency = self.clock() - t0
-            if usage.completion_tokens < 1:
+            if len(answer.token_ids) < 1:
                 status = "unhealthy"
                 errors.append("the probe generated no token")
             elif latency > s.ready_threshold_seconds:
@@ -80,7 +80,7 @@ class ReadinessProbe:
         except Exception as e:
             status = "unhealthy"
             errors.append(f"probe failed: {getattr(e, 'message', type(e).__name__)}")
-        health = service.engine.health()
+        health = pipeline.engine.health()
         if not health.ok:
             status = "unhealthy"
             errors.append(f"engine: {health.detail or 'not ok'}")

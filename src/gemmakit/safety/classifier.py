@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gemmakit.errors import ContextLengthExceededError, InvalidRequestError
 from gemmakit.safety.config import ClassifierConfig, Direction
-from gemmakit.types import Message, SamplingParams
+from gemmakit.types import Message, SamplingParams, TokenLogprob, TopLogprob
 
 if TYPE_CHECKING:
-    from gemmakit.service import Service
+    from gemmakit.safety.layer import InternalChat
 
 log = logging.getLogger("gemmakit.safety.classifier")
 
@@ -57,30 +56,31 @@ class Classifier:
     def applies(self, direction: Direction) -> bool:
         return self.config.enabled and direction in self.config.apply_to
 
-    async def judge(self, service: Service, content: str, direction: Direction) -> Verdict:
+    async def judge(self, generate: InternalChat, content: str, direction: Direction) -> Verdict:
+        """`generate` runs the judge's one-token generation as internal traffic (the pipeline's
+        `internal_chat("judge", ...)`), so it is never counted as the user's request."""
         prompt = _PROMPT[direction].format(content=content, policy=self.config.policy)
         sampling = SamplingParams(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
         try:
-            prepared = service.prepare_chat([Message("user", prompt)], sampling,
-                                            f"judge-{uuid.uuid4().hex[:12]}")
+            result = await generate([Message("user", prompt)], sampling)
         except ContextLengthExceededError as e:
             raise InvalidRequestError(
                 f"The content is too long for the content-policy judge: with its instructions "
                 f"it needs {e.prompt_tokens} tokens of a {e.context_length}-token context.",
                 param="messages" if direction == "input" else None,
                 code="context_length_exceeded") from None
-        results, _ = await service.collect(prepared)
-        first = results[0].logprobs[0] if results[0].logprobs else None
+        first = result.logprobs[0] if result.logprobs else None
         yes = no = 0.0
         if first is not None:
-            for alt in (first, *first.top):
+            alts: list[TokenLogprob | TopLogprob] = [first, *first.top]
+            for alt in alts:
                 word = _norm(alt.token)
                 if word == "yes":
                     yes = max(yes, math.exp(alt.logprob))
                 elif word == "no":
                     no = max(no, math.exp(alt.logprob))
         if yes + no == 0.0:  # neither answer among the likely tokens: read the text
-            p = 1.0 if _norm(results[0].text).startswith("yes") else 0.0
+            p = 1.0 if _norm(result.text).startswith("yes") else 0.0
         else:
             p = yes / (yes + no)
         return Verdict(p, p >= self.config.threshold)

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gemmakit.errors import InvalidRequestError
-
-ROLES = ("system", "developer", "user", "assistant", "tool")
-CONTENT_TYPES = ("text", "image_url", "input_audio")
+from gemmakit.types import AudioPart, ImagePart, Message, TextPart
 
 
 class RequestTooLargeError(InvalidRequestError):
@@ -37,20 +35,9 @@ class RequestLimits:
                    frozenset(s.allowed_content_types))
 
 
-def b64_size(data: str) -> int:
-    """Decoded size of base64 text without decoding it."""
-    n = len(data.rstrip("="))
-    return n * 3 // 4
-
-
-def _data_url_payload(url: str) -> str | None:
-    if not url.startswith("data:"):
-        return None
-    return url.partition(",")[2]
-
-
-def validate_chat(messages: Sequence[Any], limits: RequestLimits) -> None:
-    """`messages` are the protocol's ChatMessage models (before conversion)."""
+def validate_messages(messages: Sequence[Message], limits: RequestLimits) -> None:
+    """How many messages, how large each one and all of them are, which roles and part types,
+    how many bytes each image or audio clip has (decoded)."""
     if len(messages) > limits.max_messages:
         raise RequestTooLargeError(f"too many messages: {len(messages)} (the limit is "
                                    f"{limits.max_messages}).", param="messages")
@@ -70,23 +57,20 @@ def validate_chat(messages: Sequence[Any], limits: RequestLimits) -> None:
                     f"{limits.max_content_parts}).", param=f"messages[{i}].content")
             for j, part in enumerate(m.content):
                 param = f"messages[{i}].content[{j}]"
-                if part.type not in limits.allowed_content_types:
-                    raise InvalidRequestError(f"content parts of type '{part.type}' are not "
+                kind = _PART_TYPES[type(part)]
+                if kind not in limits.allowed_content_types:
+                    raise InvalidRequestError(f"content parts of type '{kind}' are not "
                                               "accepted by this server.", param=f"{param}.type")
-                if part.type == "text":
+                if isinstance(part, TextPart):
                     chars += len(part.text)
-                elif part.type == "image_url":
-                    payload = _data_url_payload(part.image_url.url)
-                    if payload is not None and b64_size(payload) > limits.max_image_bytes:
-                        raise RequestTooLargeError(
-                            f"the image is {b64_size(payload)} bytes (the limit is "
-                            f"{limits.max_image_bytes}).", param=f"{param}.image_url.url")
-                elif part.type == "input_audio":
-                    size = b64_size(part.input_audio.data)
-                    if size > limits.max_audio_bytes:
-                        raise RequestTooLargeError(
-                            f"the audio is {size} bytes (the limit is "
-                            f"{limits.max_audio_bytes}).", param=f"{param}.input_audio.data")
+                elif isinstance(part, ImagePart) and len(part.data) > limits.max_image_bytes:
+                    raise RequestTooLargeError(
+                        f"the image is {len(part.data)} bytes (the limit is "
+                        f"{limits.max_image_bytes}).", param=f"{param}.image_url.url")
+                elif isinstance(part, AudioPart) and len(part.data) > limits.max_audio_bytes:
+                    raise RequestTooLargeError(
+                        f"the audio is {len(part.data)} bytes (the limit is "
+                        f"{limits.max_audio_bytes}).", param=f"{param}.input_audio.data")
         if chars > limits.max_message_chars:
             raise RequestTooLargeError(f"messages[{i}] has {chars} characters (the limit is "
                                        f"{limits.max_message_chars}).",
@@ -95,6 +79,58 @@ def validate_chat(messages: Sequence[Any], limits: RequestLimits) -> None:
     if total > limits.max_total_chars:
         raise RequestTooLargeError(f"the messages hold {total} characters in all (the limit is "
                                    f"{limits.max_total_chars}).", param="messages")
+
+
+_PART_TYPES = {TextPart: "text", ImagePart: "image_url", AudioPart: "input_audio"}
+
+
+def unencodable(value: Any, param: str) -> str | None:
+    """The parameter of the first text in `value` (strings, lists, dicts, messages and their
+    parts) that cannot be encoded as UTF-8 — a lone surrogate such as "\\ud800", which JSON can
+    carry — or None. Dict keys count as text too."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return param
+        return None
+    if isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            bad = unencodable(item, f"{param}[{k}]")
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            bad = unencodable(key, param) or unencodable(item, f"{param}.{key}")
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(value, Message):
+        for name in ("content", "name", "tool_call_id"):
+            bad = unencodable(getattr(value, name), f"{param}.{name}")
+            if bad is not None:
+                return bad
+        for k, call in enumerate(value.tool_calls):
+            for name in ("id", "name", "arguments"):
+                field = "function." + name if name != "id" else name
+                bad = unencodable(getattr(call, name), f"{param}.tool_calls[{k}].{field}")
+                if bad is not None:
+                    return bad
+        return None
+    if isinstance(value, TextPart):
+        return unencodable(value.text, f"{param}.text")
+    return None
+
+
+def check_encodable(value: Any, param: str) -> None:
+    """Refuse text that cannot be encoded (a 400 naming the parameter), before it reaches a
+    tokenizer, a policy rule or a log line."""
+    bad = unencodable(value, param)
+    if bad is not None:
+        raise InvalidRequestError(f"{bad} holds text that is not valid Unicode (a lone "
+                                  "surrogate such as \\ud800); send well-formed UTF-8 text.",
+                                  param=bad)
 
 
 def validate_prompts(prompts: Sequence[str | list[int]], limits: RequestLimits) -> None:

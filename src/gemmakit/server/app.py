@@ -18,13 +18,17 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gemmakit.compose import build_pipeline
 from gemmakit.engines.base import Engine
+from gemmakit.errors import PayloadTooLargeError
 from gemmakit.monitoring import monitor as monitoring
-from gemmakit.monitoring.observe import ObservedService
+from gemmakit.pipeline import Pipeline, Sink
+from gemmakit.safety.layer import Safety
 from gemmakit.server import errors
-from gemmakit.server.errors import error_body, internal_error_body
-from gemmakit.server.guard import Guard, Safety
+from gemmakit.server.errors import gemmakit_error_body, internal_error_body
+from gemmakit.server.guard import Guard
 from gemmakit.server.routes import chat, completions, health, models, usage
+from gemmakit.server.routes.common import PIPELINE_ROUTE
 from gemmakit.server.streaming import dumps
 from gemmakit.service import Service
 from gemmakit.settings import Settings
@@ -34,15 +38,20 @@ log = logging.getLogger("gemmakit.server")
 
 @dataclass
 class Runtime:
-    """What the routes see: the served model's name and, once loaded, its engine and service."""
+    """What the routes see: the served model's name and, once loaded, its engine and the
+    request pipeline every generation goes through."""
 
     model_name: str
     created: int = field(default_factory=lambda: int(time.time()))
     engine: Engine | None = None
-    service: Service | None = None
+    pipeline: Pipeline | None = None
     load_error: str | None = None
     draining: bool = False
     """Set on SIGTERM/SIGINT: new requests get 503 while in-flight ones finish."""
+
+    @property
+    def service(self) -> Service | None:
+        return self.pipeline.service if self.pipeline is not None else None
 
 
 async def drain(app: FastAPI, timeout: float) -> None:
@@ -51,9 +60,8 @@ async def drain(app: FastAPI, timeout: float) -> None:
     every stream still gets its final event and [DONE]."""
     runtime: Runtime = app.state.runtime
     runtime.draining = True
-    engine = runtime.engine
-    if engine is not None and hasattr(engine, "drain"):
-        await engine.drain(timeout)
+    if runtime.engine is not None:
+        await runtime.engine.drain(timeout)
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
@@ -120,9 +128,9 @@ class RequestContext:
                 await self._send_json(send, 500, internal_error_body(rid), rid)
 
     async def _too_large(self, send: Send, rid: str) -> None:
-        await self._send_json(send, 413, error_body(
-            f"The request body is larger than the limit of {self.max_body_bytes} bytes.",
-            "invalid_request_error", None, "request_too_large"), rid, close=True)
+        e = PayloadTooLargeError(f"The request body is larger than the limit of "
+                                 f"{self.max_body_bytes} bytes.")
+        await self._send_json(send, e.status, gemmakit_error_body(e), rid, close=True)
 
     @staticmethod
     async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str,
@@ -143,13 +151,14 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     settings = settings if settings is not None else Settings.load(**overrides)
     runtime = Runtime(model_name=model_name)
     safety = Safety.from_settings(settings)
+    sinks: list[Sink] = [safety]
 
     async def load() -> None:
         t0 = time.perf_counter()
         try:
             engine = await asyncio.to_thread(load_engine)
-            # reports to monitoring
-            runtime.service = ObservedService(engine, model_name, tool_parser=settings.tool_parser)
+            runtime.pipeline = build_pipeline(engine, model_name, settings, safety=safety,
+                                              sinks=sinks)
             runtime.engine = engine
         except Exception as e:
             runtime.load_error = type(e).__name__
@@ -182,26 +191,28 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     from gemmakit.server.routes import audio  # needs python-multipart (the server extra)
 
     app.include_router(audio.router)
-    # Middleware, innermost first: Guard (keys, limits, ledger) inside the monitoring observer
-    # (so refusals by the guard are counted with their status) inside RequestContext (request
-    # id, body limit), which every other layer relies on.
-    app.add_middleware(Guard, safety=safety)
-    monitoring.install(app, runtime, settings.monitoring)
+    sinks.append(monitoring.install(app, runtime, settings.monitoring))
+    app.state.pipeline_paths = pipeline_paths(app)
+    # Middleware, innermost first: Guard (keys, request-rate limits, header limit) inside
+    # RequestContext (request id, body limit), which every other layer relies on.
+    app.add_middleware(Guard, safety=safety, sinks=sinks,
+                       generation_paths=lambda: app.state.pipeline_paths,
+                       model=lambda: runtime.model_name)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app
 
 
+def pipeline_paths(app: FastAPI) -> frozenset[str]:
+    """The paths of the routes that go through the request pipeline: their operations carry
+    the PIPELINE_ROUTE mark in the app's OpenAPI description."""
+    return frozenset(path for path, ops in app.openapi()["paths"].items()
+                     if any(op.get(PIPELINE_ROUTE) for op in ops.values()))
+
+
 def app_from_settings(settings: Settings) -> FastAPI:
-    """The app for `gemmakit serve`: resolve the model (assembling the bundled one if needed)
-    now, load the engine in the background."""
-    from gemmakit.catalog import resolve
-    from gemmakit.engines import engine_class
+    """The app for `gemmakit serve`: resolve the model (assembling the bundled one if needed) and
+    check its profile now, load the engine in the background."""
+    from gemmakit.compose import plan
 
-    ref = resolve(settings.model, settings.models_dir)
-    cls = engine_class(settings.engine)
-    if settings.profile is not None:  # an impossible engine/profile pair fails before loading
-        from gemmakit.profiles import check
-
-        log.info("profile: %s", check(settings.engine, ref.format, ref.path, settings.profile))
-    return create_app(settings.served_model_name or ref.name,
-                      lambda: cls.from_settings(ref, settings), settings)
+    p = plan(settings)
+    return create_app(p.served_name, p.load_engine, settings)

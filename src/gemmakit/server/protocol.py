@@ -9,7 +9,7 @@ import base64
 import binascii
 import logging
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -76,7 +76,7 @@ class AudioContent(_Lenient):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[Union[TextContent, ImageContent, AudioContent],
+ContentPart = Annotated[TextContent | ImageContent | AudioContent,
                         Field(discriminator="type")]
 
 
@@ -89,6 +89,50 @@ class ToolCallIn(_Lenient):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+# --- tools and structured output (shapes; tools/ checks names and the schema subset) --------
+class FunctionDefinition(_Lenient):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JsonSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+def _json(model: BaseModel | None) -> Any:
+    """A typed field back as the JSON the client sent (what gemmakit.tools reads)."""
+    return None if model is None else model.model_dump(by_alias=True, exclude_none=True)
 
 
 class ChatMessage(_Lenient):
@@ -150,10 +194,19 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+
+    def tool_fields(self) -> dict[str, Any]:
+        """tools, tool_choice, parallel_tool_calls and response_format as gemmakit.tools takes
+        them (the JSON the client sent)."""
+        choice = self.tool_choice
+        return {"tools": None if self.tools is None else [_json(t) for t in self.tools],
+                "tool_choice": _json(choice) if isinstance(choice, BaseModel) else choice,
+                "parallel_tool_calls": self.parallel_tool_calls,
+                "response_format": _json(self.response_format)}
 
     def sampling(self) -> SamplingParams:
         if self.max_tokens is not None and self.max_completion_tokens is not None \
@@ -203,9 +256,9 @@ class CompletionRequest(_SamplingFields):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if p and isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        if p and isinstance(p[0], int):  # one prompt of token ids
+            return [[x for x in p if isinstance(x, int)]]
+        return [x if isinstance(x, str) else list(x) for x in p if not isinstance(x, int)]
 
 
 # --- conversion -----------------------------------------------------------------------------
@@ -247,5 +300,5 @@ def _to_message(i: int, m: ChatMessage) -> Message:
         raise InvalidRequestError(f"messages[{i}] has no content.", param=f"messages[{i}].content")
     calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
                   for c in m.tool_calls or ())
-    return Message(role=m.role if m.role != "developer" else "system", content=content,
+    return Message(role=m.role, content=content,
                    name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id)

@@ -1,6 +1,6 @@
 """`gemmakit eval tools SET.jsonl`: how well the model calls tools, with and without constraints.
 
-Runs in-process on the configured engine (the same `Service` the server uses, no HTTP: the figures
+Runs in-process on the configured engine (the same request pipeline the server uses, no HTTP: the figures
 measure the model and the constraint machinery, not the network), greedy (temperature 0) so a run
 is repeatable. The set is JSON lines:
 
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from gemmakit.errors import ConfigError, GemmakitError
 
 if TYPE_CHECKING:
-    from gemmakit.service import Service
+    from gemmakit.pipeline import Pipeline
 
 MODES = ("auto", "required", "named", "json_schema")
 HELP = "Tool-calling evaluation: schema-valid, right-function and argument exact-match rates."
@@ -136,7 +136,9 @@ def score_reply(item: Item, text: str, mode: str, parser_name: str) -> dict[str,
             "reply": text}
 
 
-async def run_item(service: Service, item: Item, mode: str, max_tokens: int) -> dict[str, Any]:
+async def run_item(pipeline: Pipeline, item: Item, mode: str, max_tokens: int
+                   ) -> dict[str, Any]:
+    from gemmakit.pipeline import Caller, ChatJob
     from gemmakit.tools.chat import ToolPlan
     from gemmakit.tools.constraints import call_schema
     from gemmakit.tools.runner import _to_message
@@ -148,25 +150,22 @@ async def run_item(service: Service, item: Item, mode: str, max_tokens: int) -> 
         schema = call_schema(parse_tools(item.tools), parallel)
         plan = ToolPlan.build(response_format={"type": "json_schema", "json_schema": {
             "name": "tool_call", "schema": schema, "strict": True}})
-        declare = [t.declaration() for t in parse_tools(item.tools)]
+        plan.declared = parse_tools(item.tools)  # shown in the prompt, answered as JSON
     else:
         choice: Any = mode if mode != "named" else {
             "type": "function", "function": {"name": item.expected[0]["name"]}}
         plan = ToolPlan.build(tools=item.tools, tool_choice=choice, parallel_tool_calls=parallel,
-                              parser=service.tool_parser)
-        declare = plan.declarations
-    plan.check_engine(service.engine.capabilities, service.model_name)
-    prepared = service.prepare_chat([_to_message(m) for m in item.messages],
-                                    SamplingParams(max_tokens=max_tokens, temperature=0),
-                                    f"eval-{uuid.uuid4().hex[:12]}", tools=declare,
-                                    constraint=plan.constraint)
-    results, _ = await service.collect(prepared)
-    row = score_reply(item, results[0].text, mode, service.tool_parser)
-    row["finish_reason"] = results[0].finish_reason
+                              parser=pipeline.service.tool_parser)
+    run = pipeline.begin(Caller(f"eval-{uuid.uuid4().hex[:12]}", endpoint="eval tools"))
+    await run.chat(ChatJob([_to_message(m) for m in item.messages],
+                           SamplingParams(max_tokens=max_tokens, temperature=0), plan=plan))
+    (result,) = await run.collect()
+    row = score_reply(item, result.text, mode, pipeline.service.tool_parser)
+    row["finish_reason"] = result.finish_reason
     return row
 
 
-async def evaluate(service: Service, items: list[Item], modes: tuple[str, ...],
+async def evaluate(pipeline: Pipeline, items: list[Item], modes: tuple[str, ...],
                    max_tokens: int, progress: bool = True) -> dict[str, Score]:
     scores = {m: Score() for m in modes}
     for mode in modes:
@@ -174,7 +173,7 @@ async def evaluate(service: Service, items: list[Item], modes: tuple[str, ...],
             expects = bool(item.expected)
             if not expects and mode != "auto":
                 continue  # a forced call cannot be the right answer to a no-call item
-            row = await run_item(service, item, mode, max_tokens)
+            row = await run_item(pipeline, item, mode, max_tokens)
             s = scores[mode]
             s.rows.append(row)
             s.n_scored += 1
@@ -225,29 +224,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from gemmakit.catalog import resolve
+    from gemmakit import compose
     from gemmakit.cli.common import load_settings
-    from gemmakit.engines import engine_class
-    from gemmakit.service import Service
 
     modes = tuple(m.strip() for m in ns.modes.split(",") if m.strip())
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ConfigError(f"unknown mode '{bad[0]}' (modes: {', '.join(MODES)})")
     items = pick(load_set(ns.set), ns.per_category)[: ns.limit]
-    settings = load_settings(ns)
-    ref = resolve(settings.model, settings.models_dir)
-    engine = engine_class(settings.engine).from_settings(ref, settings)
+    pipeline = compose.load(load_settings(ns))
 
     async def go() -> dict[str, Score]:
         try:
-            svc = Service(engine, ref.name, tool_parser=settings.tool_parser)
-            return await evaluate(svc, items, modes, ns.max_tokens)
+            return await evaluate(pipeline, items, modes, ns.max_tokens)
         finally:
-            await engine.aclose()
+            await pipeline.aclose()
 
     scores = asyncio.run(go())
-    print(table(scores, ref.name))
+    print(table(scores, pipeline.model_name))
     if ns.output:
         Path(ns.output).write_text(json.dumps(
             {m: s.rows for m, s in scores.items()}, ensure_ascii=False, indent=1), "utf-8")

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gemmakit.errors import InvalidRequestError
+from gemmakit.pipeline import Caller, ChatJob
 from gemmakit.tools.chat import ToolPlan
 from gemmakit.tools.schema import ToolSpec, as_spec
 from gemmakit.types import Message, SamplingParams, TextPart, ToolCall
 
 if TYPE_CHECKING:
-    from gemmakit.service import Service
+    from gemmakit.pipeline import Pipeline
 
 DEFAULT_TIME_LIMIT_S = 10.0
 DEFAULT_MAX_STEPS = 6
@@ -116,12 +117,12 @@ def _error(message: str) -> str:
     return json.dumps({"error": message}, ensure_ascii=False)
 
 
-async def arun_tools(service: Service, messages: Sequence[Any], tools: Sequence[Any], *,
+async def arun_tools(pipeline: Pipeline, messages: Sequence[Any], tools: Sequence[Any], *,
                      sampling: SamplingParams | None = None, tool_choice: Any = "auto",
                      parallel_tool_calls: bool = True, max_steps: int = DEFAULT_MAX_STEPS,
                      time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                      on_event: Callable[[ToolEvent], None] | None = None) -> RunResult:
-    """The tool loop over an in-process `Service`.
+    """The tool loop over an in-process request pipeline (`gemmakit.compose.load`).
 
     `tool_choice` applies to the first step (e.g. "required" to make sure a weak model calls);
     later steps use "auto", and the last of `max_steps` uses "none" so the run ends with an
@@ -138,14 +139,12 @@ async def arun_tools(service: Service, messages: Sequence[Any], tools: Sequence[
             choice = "none"
         plan = ToolPlan.build(specs=runner.specs, tool_choice=choice,
                               parallel_tool_calls=parallel_tool_calls,
-                              parser=service.tool_parser)
-        plan.check_engine(service.engine.capabilities, service.model_name)
+                              parser=pipeline.service.tool_parser)
         # Declarations stay in the prompt on the last step: the history holds calls.
-        prepared = service.prepare_chat(convo, sampling, f"tools-{uuid.uuid4().hex[:12]}",
-                                        tools=[s.declaration() for s in runner.specs],
-                                        constraint=plan.constraint)
-        results, _ = await service.collect(prepared)
-        out = plan.finish(results[0].text, results[0].finish_reason)
+        plan.declared = list(runner.specs)
+        run = pipeline.begin(Caller(f"tools-{uuid.uuid4().hex[:12]}", endpoint="run_tools"))
+        await run.chat(ChatJob(convo, sampling, plan=plan))
+        (out,) = await run.collect()
         if not out.tool_calls:
             convo.append(Message("assistant", out.content or ""))
             return RunResult(out.content, convo, events, step, out.finish_reason)
@@ -161,26 +160,22 @@ async def arun_tools(service: Service, messages: Sequence[Any], tools: Sequence[
     raise AssertionError("unreachable: the last step never calls")  # pragma: no cover
 
 
-def run_tools(messages: Sequence[Any], tools: Sequence[Any], *, service: Service | None = None,
-              model: str | None = None, **kwargs: Any) -> RunResult:
-    """Blocking tool loop. Without `service`, loads `model` (default: the settings' model, i.e.
+def run_tools(messages: Sequence[Any], tools: Sequence[Any], *,
+              pipeline: Pipeline | None = None, model: str | None = None,
+              **kwargs: Any) -> RunResult:
+    """Blocking tool loop. Without `pipeline`, loads `model` (default: the settings' model, i.e.
     the bundled Gemma 3 270M) in-process for the run and closes it after."""
-    if service is not None:
-        return asyncio.run(arun_tools(service, messages, tools, **kwargs))
-    from gemmakit.catalog import resolve
-    from gemmakit.engines import engine_class
-    from gemmakit.service import Service
+    if pipeline is not None:
+        return asyncio.run(arun_tools(pipeline, messages, tools, **kwargs))
+    from gemmakit import compose
     from gemmakit.settings import Settings
 
-    settings = Settings.load(model=model)
-    ref = resolve(settings.model, settings.models_dir)
-    engine = engine_class(settings.engine).from_settings(ref, settings)
+    loaded = compose.load(Settings.load(model=model))
 
     async def go() -> RunResult:
         try:
-            svc = Service(engine, ref.name, tool_parser=settings.tool_parser)
-            return await arun_tools(svc, messages, tools, **kwargs)
+            return await arun_tools(loaded, messages, tools, **kwargs)
         finally:
-            await engine.aclose()
+            await loaded.aclose()
 
     return asyncio.run(go())

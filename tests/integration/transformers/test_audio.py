@@ -90,3 +90,51 @@ def test_images_refused_by_gemma3n_without_vision_tower(audio_server):
     body = ei.value.body
     err = body.get("error", body)
     assert err["param"] == "messages[0].content[1]" and "vision" in err["message"]
+
+
+def test_audio_routes_go_through_the_pipeline(tiny_dir, tmp_path):
+    """`gemmakit serve --auth --config cfg.toml` with an input rule: a transcription whose prompt
+    breaks it is refused; one that does not is booked in the usage ledger and /metrics with
+    exactly the tokens its response reports."""
+    from gemmakit.safety.auth import KeyStore
+    from gemmakit.safety.store import connect
+    from tests.integration.conftest import start_server, stop_server
+    from tests.unit.monitoring.helpers import value
+
+    home = tmp_path / "home"
+    store = KeyStore(home)
+    _, secret = store.create("alice")
+    store.close()
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('[[policy.rules]]\nname = "bird"\nkeywords = ["Bluebird"]\naction = "block"\n'
+                   'apply_to = ["input"]\n')
+    s = start_server(home, tmp_path, "--engine", "transformers", "--model",
+                     str(tiny_dir / "gemma3n"), "--served-model-name", MODEL, "--auth",
+                     "--config", str(cfg), "--max-transcript-tokens", "4", "--threads", "2")
+    try:
+        auth = {"Authorization": f"Bearer {secret}"}
+        clip = {"file": ("clip.wav", wav_bytes(0.5), "audio/wav")}
+        r = httpx.post(f"{s.base_url}/v1/audio/transcriptions", files=clip, headers=auth,
+                       data={"model": MODEL, "prompt": "Bluebird"}, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "content_policy_violation"
+        assert r.json()["error"]["param"] == "prompt"
+        ok = httpx.post(f"{s.base_url}/v1/audio/translations", files=clip, headers=auth,
+                        data={"model": MODEL, "prompt": "names"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        usage = ok.json()["usage"]
+        metrics = httpx.get(f"{s.base_url}/metrics").text
+        assert value(metrics, "gemmakit_prompt_tokens_total", model=MODEL) == \
+            usage["input_tokens"] > 188
+        assert value(metrics, "gemmakit_generation_tokens_total", model=MODEL) == \
+            usage["output_tokens"]
+        assert value(metrics, "gemmakit_requests_total", model=MODEL, status="400") == 1
+    finally:
+        stop_server(s)
+    conn = connect(home)
+    rows = {r["request_id"]: r for r in conn.execute("SELECT * FROM usage")}
+    conn.close()
+    row = rows[ok.headers["x-request-id"]]
+    assert (row["key_name"], row["prompt_tokens"], row["completion_tokens"]) == \
+        ("alice", usage["input_tokens"], usage["output_tokens"])
+    assert rows[r.headers["x-request-id"]]["status"] == 400

@@ -8,12 +8,12 @@ import math
 
 import pytest
 
+from gemmakit.compose import build_pipeline
 from gemmakit.errors import ConfigError
 from gemmakit.monitoring.evals import heuristics, scorers
 from gemmakit.monitoring.evals.runner import run_suite, score_item
 from gemmakit.monitoring.evals.suite import EvalItem, load_suite
 from gemmakit.monitoring.evals.targets import Generation, LocalTarget
-from gemmakit.service import Service
 from gemmakit.types import Chunk, TokenLogprob
 from tests.conftest import CHAR_BASE, FakeEngine
 
@@ -127,7 +127,7 @@ def test_run_suite_on_the_local_service_builds_the_report():
          "exact": "Berlin"},
         {"id": "boom", "prompt": "x", "contains": "y"})]
     done = []
-    report = asyncio.run(run_suite(items, LocalTarget(Service(engine, "fake")),
+    report = asyncio.run(run_suite(items, LocalTarget(build_pipeline(engine, "fake")),
                                    reference_perplexity=False, on_done=done.append))
     assert [r["id"] for r in report["items"]] == ["fr", "de", "boom"] and len(done) == 3
     fr, de, boom = report["items"]

@@ -127,3 +127,44 @@ def test_openmetrics_on_request(make_client):
     r = c.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
     assert r.headers["content-type"].startswith("application/openmetrics-text")
     assert r.text.rstrip().endswith("# EOF")
+
+
+def test_series_of_the_served_model_exist_from_start_up(make_client):
+    """A fresh server's rate() panels and alerts need the series before the first request."""
+    text = make_client(FakeEngine()).get("/metrics").text
+    names = {name for name, _ in samples(text)}
+    for name in ("gemmakit_requests_total", "gemmakit_prompt_tokens_total",
+                 "gemmakit_generation_tokens_total", "gemmakit_time_to_first_token_seconds_count",
+                 "gemmakit_time_per_output_token_seconds_count",
+                 "gemmakit_e2e_request_latency_seconds_count",
+                 "gemmakit_request_queue_time_seconds_count"):
+        assert name in names, name
+    assert value(text, "gemmakit_requests_total", model=M, status="200") == 0
+    assert ("gemmakit_requests_total", (("model", M), ("status", "200"))) in samples(text)
+
+
+def test_judge_generations_are_internal_and_counters_still_equal_usage(make_client):
+    """With the content-policy judge on input and output, the user's counters are exactly the
+    response's usage; the judge's own generations are counted apart (kind="judge")."""
+    from tests.unit.safety.test_classifier import verdict
+
+    engine = FakeEngine(context_length=4096)
+    c = make_client(engine, policy={"classifier": {"enabled": True,
+                                                   "apply_to": ["input", "output"]}})
+    engine.queue_chunks(verdict(0.1))  # the input judge: safe
+    engine.queue_text("All", " fine")  # the answer
+    engine.queue_chunks(verdict(0.1))  # the output judge: safe
+    r = c.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert len(engine.requests) == 3
+    judge_prompts = len(engine.requests[0].prompt_tokens) + len(engine.requests[2].prompt_tokens)
+    text = c.get("/metrics").text
+    assert value(text, "gemmakit_prompt_tokens_total", model=M) == usage["prompt_tokens"]
+    assert value(text, "gemmakit_generation_tokens_total", model=M) == usage["completion_tokens"]
+    assert value(text, "gemmakit_requests_total", model=M, status="200") == 1
+    assert value(text, "gemmakit_internal_requests_total", model=M, kind="judge",
+                 status="200") == 2
+    assert value(text, "gemmakit_internal_prompt_tokens_total", model=M, kind="judge") == \
+        judge_prompts
+    assert value(text, "gemmakit_internal_generation_tokens_total", model=M, kind="judge") == 2

@@ -150,3 +150,23 @@ def test_sandbox_refuses_access_to_internals(template):
 def test_sandbox_is_immutable(template):
     with pytest.raises(TemplateRenderError):
         render_template(template, [Message("user", "hello")])
+
+
+def test_a_model_files_template_is_checked_when_the_model_loads(fake_engine_class, caplog):
+    """The composition root checks an engine's own template against ours at load (and says so
+    in the log); a template that disagrees is reported, and gemmakit still serves its own."""
+    import logging
+
+    from gemmakit.compose import build_pipeline, check_chat_template
+
+    engine = fake_engine_class()
+    assert check_chat_template(engine, "m") is None  # no template in the file: nothing to check
+    engine.chat_template = GEMMA_TEMPLATE
+    with caplog.at_level(logging.INFO, logger="gemmakit"):
+        build_pipeline(engine, "m")
+    assert "agrees with gemmakit's Gemma renderer" in caplog.text
+    engine.chat_template = GEMMA_TEMPLATE.replace('"model" if', '"assistant" if')
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gemmakit"):
+        assert check_chat_template(engine, "m") > 0
+    assert "differently from gemmakit's Gemma renderer" in caplog.text

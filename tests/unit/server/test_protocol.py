@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gemmakit.errors import InvalidRequestError
+from gemmakit.prompts import render_chat
 from gemmakit.server.protocol import ChatCompletionRequest, CompletionRequest
 from gemmakit.types import AudioPart, ImagePart, Message, SamplingParams, TextPart, ToolCall
 
@@ -218,10 +219,12 @@ def test_negative_token_id_rejected():
 
 
 # --- to_messages() ----------------------------------------------------------------------------
-def test_developer_becomes_system():
+def test_developer_is_rendered_as_system():
     msgs = chat(messages=[{"role": "developer", "content": "rules"},
                           {"role": "user", "content": "hi"}]).to_messages()
-    assert msgs == [Message("system", "rules"), Message("user", "hi")]
+    assert msgs == [Message("developer", "rules"), Message("user", "hi")]
+    as_system = [Message("system", "rules"), Message("user", "hi")]
+    assert render_chat(msgs).segments == render_chat(as_system).segments
 
 
 def test_roles_and_names_kept():

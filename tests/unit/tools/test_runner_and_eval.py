@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gemmakit.service import Service
+from gemmakit.compose import build_pipeline
 from gemmakit.tools.examples import calculate_math, get_weather
 from gemmakit.tools.runner import ToolRunner, arun_tools
 from gemmakit.types import Capabilities
@@ -70,7 +70,7 @@ class TestRunner:
         engine.queue_text('{"name": "calculate_math", "parameters": {"expression": "6 * 7"}}')
         engine.queue_text("The answer is 42.")
         seen = []
-        result = run(arun_tools(Service(engine, "g"), [{"role": "user", "content": "6*7?"}],
+        result = run(arun_tools(build_pipeline(engine, "g"), [{"role": "user", "content": "6*7?"}],
                                 [calculate_math, get_weather], tool_choice="required",
                                 on_event=seen.append))
         assert result.content == "The answer is 42." and result.steps == 2
@@ -86,7 +86,7 @@ class TestRunner:
         call = '{"name": "calculate_math", "parameters": {"expression": "1"}}'
         for _ in range(3):
             engine.queue_text(call)
-        result = run(arun_tools(Service(engine, "g"), [{"role": "user", "content": "go"}],
+        result = run(arun_tools(build_pipeline(engine, "g"), [{"role": "user", "content": "go"}],
                                 [calculate_math], max_steps=3))
         assert result.steps == 3 and len(result.events) == 2
         assert result.content == call  # step 3 had tool_choice none: text, not a call
@@ -138,7 +138,7 @@ class TestEvaluate:
         engine.queue_text('{"name": "f", "parameters": {"x": 1}}')  # auto, a: exact
         engine.queue_text("hello")  # auto, b: right (no call)
         engine.queue_text('{"name": "f", "parameters": {"x": 2}}')  # required, a: wrong args
-        scores = run(evaluate(Service(engine, "g"), items, ("auto", "required"), 32,
+        scores = run(evaluate(build_pipeline(engine, "g"), items, ("auto", "required"), 32,
                               progress=False))
         a, r = scores["auto"], scores["required"]
         assert (a.valid, a.right, a.exact, a.n_call, a.n_scored) == (1, 2, 1, 1, 2)

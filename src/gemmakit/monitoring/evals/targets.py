@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from gemmakit.errors import EngineError, InvalidRequestError, ServiceUnavailableError
 from gemmakit.monitoring.evals.suite import EvalItem
-from gemmakit.types import GenerationRequest, Message, SamplingParams
+from gemmakit.pipeline import Caller, ChatJob, CompletionJob, Pipeline, Run
+from gemmakit.types import Message, SamplingParams
 
 _FORCE_BIAS = 1000.0  # logit bias that makes greedy sampling pick the reference token
 
@@ -48,62 +49,67 @@ def _sampling(item: EvalItem, logprobs: bool) -> SamplingParams:
 
 
 class LocalTarget:
-    """The in-process service: the same pipeline the server runs, with no HTTP."""
+    """The in-process request pipeline: what the server runs, with no HTTP."""
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
-        self.name = f"local:{service.model_name}"
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.name = f"local:{pipeline.model_name}"
 
-    def _prepare(self, item: EvalItem, sampling: SamplingParams) -> Any:
-        rid = f"eval-{uuid.uuid4().hex[:12]}"
+    async def _open(self, item: EvalItem, sampling: SamplingParams) -> Run:
+        run = self.pipeline.begin(Caller(f"eval-{uuid.uuid4().hex[:12]}", endpoint="eval"))
         if item.prompt is not None:
-            return self.service.prepare_completion([item.prompt], sampling, rid)
-        msgs = [Message(m.role, m.content) for m in item.messages or []]  # type: ignore[arg-type]
-        return self.service.prepare_chat(msgs, sampling, rid)
+            await run.complete(CompletionJob([item.prompt], sampling))
+        else:
+            await run.chat(ChatJob([Message(m.role, m.content)  # type: ignore[arg-type]
+                                    for m in item.messages or []], sampling))
+        return run
 
     async def generate(self, item: EvalItem, logprobs: bool) -> Generation:
         g = Generation()
         t0 = time.perf_counter()
-        prepared = self._prepare(item, _sampling(item, logprobs))
-        g.prompt_tokens = prepared.prompt_tokens
-        async for _, chunk in self.service.stream(prepared):
-            if chunk.text and g.ttft_s is None:
+        run = await self._open(item, _sampling(item, logprobs))
+        async for d in run.stream():
+            if d.text and g.ttft_s is None:
                 g.ttft_s = time.perf_counter() - t0
-            g.text += chunk.text
-            g.completion_tokens += len(chunk.token_ids)
-            g.logprobs += [e.logprob for e in chunk.logprobs]
-            if chunk.finish_reason is not None:
-                g.finish_reason = chunk.finish_reason
+            g.text += d.text
+            g.logprobs += [e.logprob for e in d.logprobs]
+            if d.finish_reason is not None:
+                g.finish_reason = d.finish_reason
+        g.prompt_tokens, g.completion_tokens = run.usage.prompt_tokens, run.usage.completion_tokens
         g.latency_s = time.perf_counter() - t0
         return g
 
     async def reference_logprobs(self, item: EvalItem) -> list[float] | None:
-        """Teacher forcing through the engine contract: for each reference token, one step with
-        the prompt plus the reference so far, that token forced by a logit bias; the engine
-        reports the raw model log-probability (before the bias) of the token it sampled."""
+        """Teacher forcing through the pipeline: for each reference token, one step with the
+        prompt plus the reference so far (as token ids), that token forced by a logit bias; the
+        engine reports the raw model log-probability (before the bias) of the token it sampled."""
         if item.reference is None:
             return None
-        engine = self.service.engine
-        prompt_ids = self._prepare(item, SamplingParams(max_tokens=1)).prompt_token_lists[0]
-        ref_ids = engine.tokenize(item.reference)
+        service = self.pipeline.service
+        sp = SamplingParams(max_tokens=1)
+        prompt_ids = (service.prepare_completion([item.prompt], sp, "eval") if item.prompt
+                      is not None else service.prepare_chat(
+                          [Message(m.role, m.content)  # type: ignore[arg-type]
+                           for m in item.messages or []], sp, "eval")).prompt_token_lists[0]
+        ref_ids = service.engine.tokenize(item.reference)
         out: list[float] = []
         for k, tok in enumerate(ref_ids):
+            ids = prompt_ids + ref_ids[:k]
+            if len(ids) + 1 > service.engine.context_length:
+                break
             sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=True,
                                 logit_bias={tok: _FORCE_BIAS}, ignore_eos=True)
-            req = GenerationRequest(prompt_tokens=prompt_ids + ref_ids[:k], sampling=sp,
-                                    request_id=f"eval-ppl-{uuid.uuid4().hex[:8]}")
-            if len(req.prompt_tokens) + 1 > engine.context_length:
-                break
-            chunks = [c async for c in engine.stream(req)]
-            sampled = [t for c in chunks for t in c.token_ids]
-            lps = [e for c in chunks for e in c.logprobs]
-            if sampled[:1] != [tok] or not lps:
+            run = self.pipeline.begin(Caller(f"eval-ppl-{uuid.uuid4().hex[:8]}",
+                                             endpoint="eval"))
+            await run.complete(CompletionJob([ids], sp))
+            (result,) = await run.collect()
+            if result.token_ids[:1] != [tok] or not result.logprobs:
                 raise EngineError("the engine did not score the forced reference token")
-            out.append(lps[0].logprob)
+            out.append(result.logprobs[0].logprob)
         return out
 
     async def aclose(self) -> None:
-        await self.service.engine.aclose()
+        await self.pipeline.aclose()
 
 
 class HttpTarget:

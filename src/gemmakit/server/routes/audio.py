@@ -1,5 +1,6 @@
 """POST /v1/audio/transcriptions and /v1/audio/translations (OpenAI's multipart upload API), served
-by a model with an audio tower (Gemma 3n) through the ordinary chat pipeline."""
+by a model with an audio tower (Gemma 3n) through the request pipeline (validation, content policy
+on `prompt`, usage, metrics, cancellation on disconnect, like every generation route)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse
 
-from gemmakit.errors import GemmakitError, InvalidRequestError
+from gemmakit.errors import InvalidRequestError
 from gemmakit.media.audio import FORMATS
-from gemmakit.prompts.audio import Task, audio_task_messages
-from gemmakit.server.routes.common import service_for
+from gemmakit.pipeline import AudioJob
+from gemmakit.prompts.audio import Task
+from gemmakit.server.routes.common import PIPELINE_ROUTE_MARK, begin
 from gemmakit.types import AudioPart, SamplingParams
 
 router = APIRouter()
@@ -51,7 +53,7 @@ def _duration(data: bytes) -> float | None:
 
 async def _run(task: Task, request: Request, file: UploadFile, model: str, language: str | None,
                prompt: str | None, response_format: str, temperature: float | None) -> Any:
-    service = service_for(request, model)
+    run = begin(request, model)
     if response_format in ("srt", "vtt"):
         raise InvalidRequestError(f"response_format '{response_format}' needs timestamps, which "
                                   "this model does not produce; use json, text or verbose_json.",
@@ -62,26 +64,20 @@ async def _run(task: Task, request: Request, file: UploadFile, model: str, langu
     data = await file.read()
     if not data:
         raise InvalidRequestError("the uploaded file is empty.", param="file")
-    part = AudioPart(data, _format_of(file))
     # The audio API has no max_tokens: a transcript is bounded by a server setting instead.
     limit = request.app.state.settings.max_transcript_tokens
     sampling = SamplingParams(temperature=temperature if temperature is not None else 0.0,
                               max_tokens=limit)
-    messages = audio_task_messages(part, task, language=language, prompt=prompt)
-    try:
-        prepared = service.prepare_chat(messages, sampling, request.state.request_id)
-    except GemmakitError as e:
-        if e.param and e.param.startswith("messages[0].content[0]"):
-            e.param = "file"
-            e.message = e.message.replace("messages[0].content[0]", "file")
-        raise
-    results, usage = await service.collect(prepared)
-    text = results[0].text.strip()
-    if results[0].finish_reason == "length":
+    await run.audio(AudioJob(AudioPart(data, _format_of(file)), task, sampling,
+                             language=language, prompt=prompt))
+    (result,) = await run.collect()
+    text = result.text.strip()
+    if result.finish_reason == "length":
         log.warning("request %s: the transcript reached --max-transcript-tokens (%d)",
-                    request.state.request_id, limit)
+                    run.caller.request_id, limit)
     if response_format == "text":
         return PlainTextResponse(text)
+    usage = run.usage
     out: dict[str, Any] = {"text": text,
                            "usage": {"type": "tokens", "input_tokens": usage.prompt_tokens,
                                      "output_tokens": usage.completion_tokens,
@@ -101,7 +97,7 @@ Fmt = Annotated[ResponseFormat, Form()]
 Temp = Annotated[float | None, Form(ge=0.0, le=2.0)]
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post("/v1/audio/transcriptions", openapi_extra=PIPELINE_ROUTE_MARK)
 async def transcriptions(request: Request, file: Upload, model: Str, language: OptStr = None,
                          prompt: OptStr = None, response_format: Fmt = "json",
                          temperature: Temp = None) -> Any:
@@ -109,7 +105,7 @@ async def transcriptions(request: Request, file: Upload, model: Str, language: O
                       temperature)
 
 
-@router.post("/v1/audio/translations")
+@router.post("/v1/audio/translations", openapi_extra=PIPELINE_ROUTE_MARK)
 async def translations(request: Request, file: Upload, model: Str, prompt: OptStr = None,
                        response_format: Fmt = "json", temperature: Temp = None) -> Any:
     return await _run("translate", request, file, model, None, prompt, response_format,

@@ -1,23 +1,50 @@
-"""Pieces the OpenAI route families share: model checks, logprob and usage encoding."""
+"""Pieces the OpenAI route families share: the start of a pipeline run, logprob and usage
+encoding.
+
+A generation route is declared with `openapi_extra=PIPELINE_ROUTE_MARK` and starts its work with
+`begin(request, model)`: the route contract test (tests/unit/server/test_route_contract.py)
+enumerates the marked routes and proves each one validates, polices, accounts, reports metrics
+and cancels on disconnect through the pipeline — and fails for any POST /v1 route that is not
+marked."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response
 
 from gemmakit.errors import ModelNotFoundError, ServiceUnavailableError
-from gemmakit.service import Service, Usage
+from gemmakit.pipeline import Caller, Pipeline, Run
+from gemmakit.service import Usage
 from gemmakit.types import TokenLogprob
 
+PIPELINE_ROUTE = "x-gemmakit-pipeline"
+PIPELINE_ROUTE_MARK = {PIPELINE_ROUTE: True}
 
-def service_for(request: Request, model: str) -> Service:
-    """The loaded service for `model`; 503 while loading, 404 for another model."""
+
+def begin(request: Request, model: str) -> Run:
+    """A pipeline run for this request to `model`: 503 while loading or draining, 404 for a
+    model this server does not serve, 403 for one the caller's key may not use. The edge
+    (server/guard.py) books the run if the route leaves it unfinished."""
+    pipeline = pipeline_for(request, model)
+    state = request.scope["state"]
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    caller = Caller(request_id=state["request_id"], endpoint=request.url.path,
+                    method=request.method, key=state.get("key"),
+                    t0=state.get("t0", time.perf_counter()), disconnected=disconnected)
+    run = pipeline.begin(caller)
+    state["run"] = run
+    return run
+
+
+def pipeline_for(request: Request, model: str) -> Pipeline:
+    """The loaded pipeline for `model`; 503 while loading, 404 for another model."""
     runtime = request.app.state.runtime
     if runtime.draining:
         raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
@@ -25,12 +52,13 @@ def service_for(request: Request, model: str) -> Service:
     if model != runtime.model_name:
         raise ModelNotFoundError(f"The model '{model}' does not exist; this server serves "
                                  f"'{runtime.model_name}'.", param="model")
-    if runtime.service is None:
+    if runtime.pipeline is None:
         raise ServiceUnavailableError("The model is still loading; retry shortly."
                                       if runtime.load_error is None else
                                       "The model failed to load; see the server log.",
                                       headers={"Retry-After": "1"})
-    return runtime.service
+    pipeline: Pipeline = runtime.pipeline
+    return pipeline
 
 
 def new_id(prefix: str) -> str:
@@ -63,29 +91,3 @@ def completion_logprobs(entries: list[TokenLogprob], text_offset: int = 0) -> di
             "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
             "text_offset": offsets}
-
-
-T = TypeVar("T")
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | Response:
-    """Await `work` (a non-streaming generation) but cancel it as soon as the client hangs up,
-    so its sequence leaves the batch instead of generating for nobody."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.create_task(disconnected())
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it

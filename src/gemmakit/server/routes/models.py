@@ -22,8 +22,7 @@ def _card(runtime: Any) -> dict[str, Any]:
 
 def _visible(request: Request, model: str) -> bool:
     """Whether the caller may see `model`: an API key scoped to some models sees only those."""
-    call = getattr(request.state, "guard", None)
-    key = getattr(call, "key", None)
+    key = request.scope["state"].get("key")  # set by the edge for an authenticated caller
     return key is None or key.allows_model(model)
 
 

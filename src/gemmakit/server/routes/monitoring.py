@@ -31,12 +31,12 @@ async def ready(request: Request) -> JSONResponse:
     """Readiness (Kubernetes readinessProbe): 200 healthy or degraded, 503 unhealthy/loading."""
     monitor = _monitor(request)
     runtime = request.app.state.runtime
-    if runtime.service is None:
+    if runtime.pipeline is None:
         return JSONResponse({"status": "unhealthy", "model": runtime.model_name,
                              "errors": ["the model failed to load" if runtime.load_error
                                         else "the model is still loading"]},
                             status_code=503, headers={"Retry-After": "1"})
-    result = await monitor.readiness.check(runtime.service)
+    result = await monitor.readiness.check(runtime.pipeline)
     body = ready_body(result, runtime.model_name, memory(), monitor.alerts.active(),
                       monitor.readiness.clock())
     return JSONResponse(body, status_code=503 if result.status == "unhealthy" else 200)

@@ -8,27 +8,26 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gemmakit.safety.ratelimit import format_reset
-from gemmakit.server.guard import request_guard
+from gemmakit.safety.ratelimit import Limits, format_reset
 
 router = APIRouter()
 
 
 @router.get("/v1/usage")
 async def usage(request: Request) -> dict[str, Any]:
-    call = request_guard(request)
+    state = request.scope["state"]
     safety = request.app.state.safety
-    key = call.key
+    key = state.get("key")
     out: dict[str, Any] = {"object": "usage", "key": key.name if key else None}
     if safety.ledger is not None:
         await asyncio.to_thread(safety.ledger.flush)  # rows of requests just finished
         since = time.time() - 3600
         w = await asyncio.to_thread(safety.ledger.window, key.name if key else None, since)
         out["last_hour"] = {**w, "total_tokens": w["prompt_tokens"] + w["completion_tokens"]}
-    limits = call.limits
+    limits = Limits(key.rpm, key.tpm) if key is not None else Limits()
     out["limits"] = {"requests_per_minute": limits.rpm, "tokens_per_minute": limits.tpm}
     if key is not None and safety.limiter is not None and not limits.unlimited:
-        d = await safety.limiter.acquire(key.name, limits, entry=f"{call.request_id}:peek")
+        d = await safety.limiter.acquire(key.name, limits, entry=f"{state['request_id']}:peek")
         now = time.time()
         out["remaining"] = {"requests": d.remaining_requests, "tokens": d.remaining_tokens}
         out["reset"] = {

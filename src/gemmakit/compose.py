@@ -1,0 +1,110 @@
+"""The composition root: settings -> model reference -> engine -> service -> pipeline, written once
+and used by every caller (the server, `gemmakit chat`/`complete`, the evaluations, the tool runner
+and the Python API), so the profile check, the tool parser and --served-model-name hold for all.
+
+    plan = compose.plan(settings)          # resolve the model, check the profile (fast)
+    engine = plan.load_engine()            # blocking: seconds
+    pipeline = plan.pipeline(engine)       # the request pipeline every request goes through
+
+`load(settings)` does all three for in-process callers; close the pipeline to free the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gemmakit.catalog import ModelRef
+    from gemmakit.engines.base import Engine
+    from gemmakit.pipeline import Pipeline, Sink
+    from gemmakit.safety.layer import Safety
+    from gemmakit.settings import Settings
+
+log = logging.getLogger("gemmakit")
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What will be served, decided before anything loads."""
+
+    settings: Settings
+    model: ModelRef
+    engine_class: type[Engine]
+    profile: str | None
+    """The loading profile's plan on this engine (a one-line summary), if one was asked for."""
+
+    @property
+    def served_name(self) -> str:
+        return self.settings.served_model_name or self.model.name
+
+    def load_engine(self) -> Engine:
+        """Load the engine (blocking; may take seconds)."""
+        return self.engine_class.from_settings(self.model, self.settings)
+
+    def pipeline(self, engine: Engine, *, safety: Safety | None = None,
+                 sinks: Sequence[Sink] = ()) -> Pipeline:
+        return build_pipeline(engine, self.served_name, self.settings, safety=safety,
+                              sinks=sinks)
+
+
+def plan(settings: Settings, *, progress: bool = True) -> LoadPlan:
+    """Resolve `settings.model` (assembling the bundled model on first use) and check that the
+    engine can serve it under the requested profile: an impossible pair fails here, before a
+    model loads, never as a 503 later."""
+    from gemmakit.catalog import resolve
+    from gemmakit.engines import engine_class
+
+    ref = resolve(settings.model, settings.models_dir, progress=progress)
+    cls = engine_class(settings.engine)
+    summary = cls.plan_profile(ref, settings.profile) if settings.profile is not None else None
+    if summary is not None:
+        log.info("profile: %s", summary)
+    return LoadPlan(settings, ref, cls, summary)
+
+
+def build_pipeline(engine: Engine, model_name: str, settings: Settings | None = None, *,
+                   safety: Safety | None = None, sinks: Sequence[Sink] = ()) -> Pipeline:
+    """The service and pipeline over a loaded engine. Without `safety`, the in-process one: the
+    request limits and content policy of `settings` (default: environment and defaults), no
+    keys, limits or ledger."""
+    from gemmakit.pipeline import Pipeline
+    from gemmakit.safety.layer import Safety
+    from gemmakit.service import Service
+    from gemmakit.settings import Settings
+
+    settings = settings if settings is not None else Settings.load()
+    check_chat_template(engine, model_name)
+
+    service = Service(engine, model_name, tool_parser=settings.tool_parser)
+    return Pipeline(service, safety or Safety.from_settings(settings, server=False), sinks)
+
+
+def check_chat_template(engine: Engine, model_name: str) -> int | None:
+    """Render the model file's own chat template (sandboxed) against gemmakit's renderer and say
+    in the log whether they agree; the number of sample conversations they render differently
+    (None when the file carries no template). gemmakit always serves its own rendering."""
+    template = engine.chat_template
+    if not template:
+        return None
+    from gemmakit.prompts.template import check_template
+
+    differences = check_template(template)
+    if not differences:
+        log.info("%s: the model file's chat template agrees with gemmakit's Gemma renderer",
+                 model_name)
+        return 0
+    first = differences[0]
+    log.warning("%s: the model file's chat template renders %d of the sample conversations "
+                "differently from gemmakit's Gemma renderer (gemmakit serves its own); first "
+                "difference, conversation %d: ours %r, the file's %r", model_name,
+                len(differences), first.conversation, first.ours[:200], first.theirs[:200])
+    return len(differences)
+
+
+def load(settings: Settings, *, progress: bool = True) -> Pipeline:
+    """Plan, load and wrap in a pipeline (blocking): what in-process callers use."""
+    p = plan(settings, progress=progress)
+    return p.pipeline(p.load_engine())
