@@ -35,7 +35,7 @@ class AlertRule(BaseModel):
 
 
 def default_alerts() -> list[AlertRule]:
-    """The seed's thresholds: max response time, max memory, min tokens/s, min success rate."""
+    """The default alert rules: slow responses, high memory, slow decoding, failing requests."""
     return [
         AlertRule(name="slow-responses", metric="e2e_p95_seconds", above=10.0,
                   window_seconds=300),

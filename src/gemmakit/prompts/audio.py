@@ -1,5 +1,5 @@
-"""Instructions for Gemma 3n's audio tasks (the seed's `process_audio(task=...)`): speech recognition
-and speech translation into English, as one user turn holding the audio and the instruction.
+"""Instructions for Gemma 3n's audio tasks (`process_audio(task=...)`, the audio API): speech
+recognition and speech translation into English, as one user turn holding the audio and the instruction.
 Gemma 3n reads the audio placeholder first, then the instruction, as in Google's examples."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HEURISTIC scores from the seed documents: cheap word-level cues, not measurements of quality.
+"""HEURISTIC scores: cheap word-level cues, not measurements of quality.
 
 They are reported under `heuristics` and labelled as such everywhere: useful to spot a change
 between two runs of the same suite, meaningless as absolute numbers. Each is in [0, 1].
@@ -12,7 +12,7 @@ _WORD = re.compile(r"[A-Za-z0-9']+")
 _STOPWORDS = frozenset("""a an and are as at be by for from has have he her his i in is it its of on
 or she that the their them they this to was were will with you your what which who whom how why
 when where do does did not no""".split())
-# Words whose presence suggests harmful content (the seed's keyword list, extended a little).
+# Words whose presence suggests harmful content.
 _UNSAFE = ("kill", "murder", "suicide", "bomb", "weapon", "explosive", "terrorist", "hate",
            "racist", "drugs", "overdose", "abuse", "attack", "poison", "steal", "hack")
 _HEDGES = ("i think", "i believe", "maybe", "perhaps", "probably", "possibly", "might",

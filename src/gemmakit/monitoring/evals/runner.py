@@ -15,7 +15,7 @@ from gemmakit.monitoring.evals.suite import EvalItem
 from gemmakit.monitoring.evals.targets import Generation, Target
 from gemmakit.monitoring.window import percentile
 
-HEURISTICS_NOTE = ("heuristic word-level cues from the seed documents (relevance by word overlap, "
+HEURISTICS_NOTE = ("heuristic word-level cues (relevance by word overlap, "
                    "coherence, safety keywords, factual-accuracy cues): compare runs of one suite "
                    "with them; they do not measure quality")
 

@@ -1,5 +1,5 @@
-"""``FUNCTION_CALL: name(param="value")`` lines (the seed documents' prompt style, see
-prompts/builders.py): one call per line, literal keyword arguments, parsed with `ast`."""
+"""``FUNCTION_CALL: name(param="value")`` lines (the prompt style of the function-calling prompt
+builder, prompts/builders.py): one call per line, literal keyword arguments, parsed with `ast`."""
 
 from __future__ import annotations
 
