@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -26,6 +26,10 @@ from gemmakit.safety.config import PolicyConfig
 def default_home() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "gemmakit"
+
+
+RoleName = Literal["system", "developer", "user", "assistant", "tool"]
+ContentType = Literal["text", "image_url", "input_audio"]
 
 
 class Settings(BaseSettings):
@@ -131,12 +135,11 @@ class Settings(BaseSettings):
     max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     """Largest audio clip (decoded) in bytes."""
 
-    allowed_roles: list[Literal["system", "developer", "user", "assistant", "tool"]] = Field(
-        default_factory=lambda: ["system", "developer", "user", "assistant", "tool"])
+    allowed_roles: list[RoleName] = Field(default_factory=lambda: list(get_args(RoleName)))
     """Message roles the server accepts (repeat the flag for each)."""
 
-    allowed_content_types: list[Literal["text", "image_url", "input_audio"]] = Field(
-        default_factory=lambda: ["text", "image_url", "input_audio"])
+    allowed_content_types: list[ContentType] = Field(
+        default_factory=lambda: list(get_args(ContentType)))
     """Content part types the server accepts (repeat the flag for each)."""
 
     allow_remote_media: bool = False

@@ -88,7 +88,9 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
     streamed event (2.1 % of a core at 8 streams, against 1.2 %; 0.8 % on uvloop)."""
     import aiohttp
 
-    ttft, tpot, itl = [], [], []
+    ttft: list[float] = []
+    tpot: list[float] = []
+    itl: list[float] = []
     events: list[float] = []  # arrival time of every streamed token event
     first_start: list[float] = []
     last_end: list[float] = []
@@ -261,7 +263,8 @@ def _refusal_latency(cfg: dict[str, Any], n: int = 20) -> dict[str, Any]:
         body = {"model": "bench", "prompt": "Once upon a time",
                 "max_tokens": cfg["context_length"] - 16,
                 "ignore_eos": True, "stream": True}
-        lat, statuses = [], []
+        lat: list[float] = []
+        statuses: list[int] = []
         with httpx.Client(timeout=60) as c, c.stream("POST", f"{base}/v1/completions",
                                                      json=body) as busy:
             lines = busy.iter_lines()
@@ -276,7 +279,7 @@ def _refusal_latency(cfg: dict[str, Any], n: int = 20) -> dict[str, Any]:
         proc.terminate()
         proc.wait(timeout=60)
     return {"refusals": statuses.count(429), "requests": n,
-            "latency_p50_ms": round(_pct(lat, 0.5) * 1000, 2),
+            "latency_p50_ms": round((_pct(lat, 0.5) or 0.0) * 1000, 2),
             "latency_max_ms": round(max(lat) * 1000, 2)}
 
 

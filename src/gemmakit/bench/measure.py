@@ -143,7 +143,7 @@ class _Engine:
 
 def _contender_main(kind: str, cfg: dict[str, Any], conn) -> None:
     t0 = time.perf_counter()
-    c = {"bare": _Bare, "engine": _Engine}[kind](cfg)
+    c: _Bare | _Engine = _Bare(cfg) if kind == "bare" else _Engine(cfg)
     conn.send(("loaded", time.perf_counter() - t0))
     while True:
         cmd, args = conn.recv()

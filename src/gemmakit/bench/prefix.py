@@ -26,7 +26,8 @@ def run_prefix(cfg: dict[str, Any], turns: int = 6, reply_tokens: int = 32) -> d
     system = "You are a patient teacher. " + _FILLER * 4
     sp = SamplingParams(temperature=0, max_tokens=reply_tokens, ignore_eos=True)
 
-    async def turn_ttft(history: list[Message], cache: bool) -> tuple[float, int, str, int]:
+    async def turn_ttft(history: list[Message], cache: bool
+                        ) -> tuple[float | None, int, str, int]:
         eng.prefix_cache = cache
         prepared = service.prepare_chat(history, sp, "bench")
         t0 = time.perf_counter()
@@ -36,7 +37,7 @@ def run_prefix(cfg: dict[str, Any], turns: int = 6, reply_tokens: int = 32) -> d
                 first = time.perf_counter() - t0
             text += chunk.text
             stats = chunk.stats or stats
-        return first, prepared.prompt_tokens, text, stats.cached_prompt_tokens
+        return first, prepared.prompt_tokens, text, stats.cached_prompt_tokens if stats else 0
 
     async def go() -> list[dict[str, Any]]:
         rows = []
@@ -49,6 +50,7 @@ def run_prefix(cfg: dict[str, Any], turns: int = 6, reply_tokens: int = 32) -> d
             if k:
                 await turn_ttft(history[:-2], True)
             on, _, reply, cached = await turn_ttft(history, True)
+            assert off is not None and on is not None  # every turn streams tokens
             rows.append({"turn": k + 1, "prompt_tokens": n_prompt, "cached_tokens": cached,
                          "ttft_cache_off_s": round(off, 4), "ttft_cache_on_s": round(on, 4),
                          "speedup": round(off / on, 2)})

@@ -55,7 +55,7 @@ def _parse(line_no: int, raw: str, seen: set[str]) -> tuple[str, Any, dict | Non
     """-> (key, custom_id, request or None, error message or None)"""
     try:
         obj = json.loads(raw)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         return _key(line_no, None), None, None, f"line {line_no} is not valid JSON: {e.msg}"
     if not isinstance(obj, dict):
         return _key(line_no, None), None, None, f"line {line_no} is not a JSON object"
@@ -159,8 +159,13 @@ class _Progress:
     def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._p = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn(), console=Console(stderr=True))

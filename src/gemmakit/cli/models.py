@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from gemmakit.cli.common import load_settings, settings_flags
 
@@ -30,7 +31,7 @@ def run(ns: argparse.Namespace) -> int:
 
         return print_profiles(settings, ns.profiles, as_json=ns.json, measure=ns.measure)
     as_json = ns.json
-    rows = []
+    rows: list[dict[str, Any]] = []
     for ref in local_models(settings.models_dir):
         facts = describe(ref.path)
         rows.append({"name": ref.name, "path": str(ref.path), "format": ref.format,

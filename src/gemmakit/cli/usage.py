@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gemmakit.cli.common import load_settings, settings_flags
 
@@ -31,14 +31,14 @@ def run(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    start = datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    start = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M UTC")
     table = Table("key", "model", "requests", "errors", "prompt tokens", "completion tokens",
                   "mean latency", "last request", title=f"usage since {start}")
     for r in rows:
         table.add_row(r["key_name"] or "(no key)", r["model"] or "-", str(r["requests"]),
                       str(r["errors"]), str(r["prompt_tokens"]), str(r["completion_tokens"]),
                       f"{r['mean_latency_ms']:.0f} ms",
-                      datetime.fromtimestamp(r["last_ts"], timezone.utc).strftime(
+                      datetime.fromtimestamp(r["last_ts"], UTC).strftime(
                           "%Y-%m-%d %H:%M:%S"))
     Console().print(table)
     return 0

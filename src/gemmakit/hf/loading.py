@@ -41,7 +41,8 @@ def text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
-def _model_class(config: Any) -> tuple[type, list[str]]:
+def _model_class(config: Any) -> tuple[Any, list[str]]:
+    """The transformers model class (a PreTrainedModel subclass) for `config`, and notes."""
     notes: list[str] = []
     names = list(getattr(config, "architectures", None) or [])
     if config.model_type == "gemma3n" and not timm_available():

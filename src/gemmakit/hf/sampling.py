@@ -63,7 +63,7 @@ class Sampler:
         if self.greedy:
             token = int(torch.argmax(scores))
         else:
-            scores = self.warpers(None, scores[None, :])[0]
+            scores = self.warpers(None, scores[None, :])[0]  # type: ignore[arg-type]  # unused ids
             probs = torch.softmax(scores, dim=-1)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
         self.recent.append(token)

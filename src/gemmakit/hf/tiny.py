@@ -155,7 +155,7 @@ def _write_gemma3(out: Path, tokenizer) -> None:
         image_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_SPECIAL["image_token"]),
         architectures=["Gemma3ForConditionalGeneration"],
     )
-    model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16)
+    model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(out)
     image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
     Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
@@ -192,7 +192,8 @@ def _write_gemma3n(out: Path, tokenizer) -> None:
             sscp_conv_channel_size=[8, 4]),
         architectures=["Gemma3nForConditionalGeneration"],
     )
-    model = Gemma3nTextAudioForConditionalGeneration(config).to(torch.bfloat16)
+    model = Gemma3nTextAudioForConditionalGeneration(config).to(
+        torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(out)
     Gemma3nProcessor(feature_extractor=Gemma3nAudioFeatureExtractor(),
                      image_processor=SiglipImageProcessorPil(size={"height": 768, "width": 768}),

@@ -35,7 +35,7 @@ class PolicyRule(BaseModel):
     """A regular expression (Python `regex` syntax)."""
     detector: str | None = None
     """A built-in detector: email, phone, payment_card, iban, api_key."""
-    apply_to: list[Direction] = Field(default_factory=lambda: ["input", "output"])
+    apply_to: list[Direction] = Field(default_factory=lambda: list[Direction](("input", "output")))
     """Where the rule applies: input (the request), output (the generated text), or both."""
     replacement: str | None = None
     """What a masked match becomes (default: `[NAME]`, the rule name in capitals)."""
@@ -61,7 +61,7 @@ class ClassifierConfig(BaseModel):
                    "firearms and explosive devices, promotion of terrorism, instructions for "
                    "suicide).")
     """The principle the judge applies, in ShieldGemma's wording style."""
-    apply_to: list[Direction] = Field(default_factory=lambda: ["input"])
+    apply_to: list[Direction] = Field(default_factory=lambda: list[Direction](("input",)))
     """Judge the request (input), the finished output, or both."""
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     """Violation when P(Yes) / (P(Yes) + P(No)) is at least this."""

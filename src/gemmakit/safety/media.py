@@ -117,7 +117,7 @@ async def resolve_url(url: str, policy: MediaPolicy, param: str) -> str:
         try:
             data, mime = await asyncio.wait_for(_fetch_http(url, policy, param),
                                                 policy.timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise InvalidRequestError("fetching the image timed out.", param=param) from None
         except InvalidRequestError:
             raise

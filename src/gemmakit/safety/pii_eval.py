@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemmakit.safety.config import PolicyConfig
+from gemmakit.safety.config import PolicyConfig, PolicyRule
 from gemmakit.safety.detectors import DETECTORS
 from gemmakit.safety.policy import Policy
 
@@ -44,7 +44,7 @@ def evaluate(corpus: Path, region: str = "US") -> list[Score]:
             if line.strip()]
     scores = []
     for name in DETECTORS:
-        policy = Policy(PolicyConfig(rules=[{"name": name, "detector": name, "action": "flag"}],
+        policy = Policy(PolicyConfig(rules=[PolicyRule(name=name, detector=name, action="flag")],
                                      phone_region=region))
         tp = fp = fn = 0
         for row in rows:

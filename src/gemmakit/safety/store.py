@@ -4,7 +4,7 @@ API keys and the usage ledger. Several processes may share it (WAL mode, busy ti
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 SCHEMA = """
@@ -60,5 +60,5 @@ def epoch_from_iso(value: str) -> float:
     the store keeps. Raises ValueError for anything else."""
     dt = datetime.fromisoformat(value.strip())
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()

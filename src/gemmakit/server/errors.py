@@ -69,7 +69,7 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
         return error_response(400, "The request body is not valid JSON.",
                               "invalid_request_error", None, "invalid_json")
     param = param_from_loc(first.get("loc", ()))
-    msg = first.get("msg", "invalid value")
+    msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing":
         msg = "Field required"
     text = f"{param}: {msg}" if param else msg

@@ -28,7 +28,7 @@ CASES: dict[str, list[tuple[str, str | None, list[ParsedCall]]]] = {
         ("  Just prose, no call.  ", "Just prose, no call.", []),
         ('{"city": "Tokyo"}', '{"city": "Tokyo"}', []),  # JSON, but not a call
         ('[1, 2, 3]\nafter', "[1, 2, 3]\nafter", []),
-        ('{"name": "get_weather", "parameters": {"location": "Tok', 
+        ('{"name": "get_weather", "parameters": {"location": "Tok',
          '{"name": "get_weather", "parameters": {"location": "Tok', []),  # cut short
         ("", None, []),
     ],
