@@ -27,7 +27,14 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-a
 
 def error_body(message: str, type_: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    # A message may quote what the client sent (a model name): text that cannot be encoded, such
+    # as a lone surrogate, is escaped so that the error itself can always be sent.
+    return {"error": {"message": _encodable(message), "type": type_,
+                      "param": None if param is None else _encodable(param), "code": code}}
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(status: int, message: str, type_: str, param: str | None = None,

@@ -11,9 +11,10 @@ import logging
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gemmakit.errors import InvalidRequestError
+from gemmakit.safety.validation import check_encodable
 from gemmakit.types import (
     AudioPart,
     ImagePart,
@@ -181,8 +182,15 @@ class _SamplingFields(_Lenient):
         fields = {name: getattr(self, name) for name in (
             "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
             "presence_penalty", "frequency_penalty", "seed")}
-        return SamplingParams(**{k: v for k, v in fields.items() if v is not None}, stop=stop,
-                              ignore_eos=self.ignore_eos, logit_bias=bias, n=self.n, **extra)
+        check_encodable(stop, "stop")
+        try:
+            return SamplingParams(**{k: v for k, v in fields.items() if v is not None},
+                                  stop=stop, ignore_eos=self.ignore_eos, logit_bias=bias,
+                                  n=self.n, **extra)
+        except ValidationError as e:  # a combination the fields alone could not refuse
+            err = e.errors()[0]
+            param = ".".join(str(p) for p in err["loc"]) or None
+            raise InvalidRequestError(f"{param}: {err['msg']}", param=param) from None
 
     @property
     def include_usage(self) -> bool:

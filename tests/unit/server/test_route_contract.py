@@ -240,3 +240,28 @@ def test_disconnect_cancels_the_generation(served, path, stream):
     assert value(text, "gemmakit_requests_total", model=MODEL, status="499") == 1
     assert value(text, "gemmakit_generation_tokens_total", model=MODEL) == \
         row["completion_tokens"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_text_that_cannot_be_encoded_is_never_a_500(served, path):
+    """Anywhere in a JSON body: the model name (quoted back in the 404), a stop sequence, a
+    message's name, a tool's description."""
+    base_url, engine, _ = served
+    body = json.loads(CASES[path].build("hello", False)["content"])
+
+    def post(doc: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{base_url}{path}", content=json.dumps(doc),
+                          headers={"content-type": "application/json"})
+
+    r = post({**body, "model": SURROGATE})
+    assert r.status_code == 404 and "\\ud800" in r.json()["error"]["message"]
+    r = post({**body, "stop": ["ok", SURROGATE]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop[1]"
+    if path == "/v1/chat/completions":
+        r = post({**body, "messages": [{"role": "user", "content": "hi", "name": SURROGATE}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].name"
+        r = post({**body, "tools": [{"type": "function", "function": {
+            "name": "f", "description": SURROGATE}}]})
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "tools[0].function.description"
+    assert engine.requests == []
