@@ -94,3 +94,35 @@ def test_serve_settings_precedence(gemmakit_home, model_path, tmp_path):
         assert [m["id"] for m in models["data"]] == ["from-flag"]
     finally:
         stop_server(s)
+
+
+BLOCK_BLUEBIRD = ('[[policy.rules]]\nname = "bird"\nkeywords = ["Bluebird"]\naction = "block"\n'
+                  'apply_to = ["input"]\n')
+
+
+def test_in_process_callers_go_through_the_pipeline(gemmakit_home, model_path, tmp_path):
+    """`gemmakit chat`/`complete` and the Python API run requests through the same pipeline as
+    the server: the content policy of their settings applies, and the one composition root
+    honours --served-model-name and the tool parser."""
+    import gemmakit
+    from gemmakit.safety.policy import PolicyViolationError
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(BLOCK_BLUEBIRD)
+    for cmd in (["chat", "Say hi to Bluebird"], ["complete", "Bluebird says"]):
+        r = gk(gemmakit_home, *cmd, "--config", str(cfg), "--max-tokens", "4",
+               "--context-length", "512")
+        assert r.returncode == 2 and "content policy" in r.stderr, r.stderr
+    gemma = gemmakit.load("gemma-3-270m", home=gemmakit_home, context_length=512,
+                          served_model_name="my-gemma", tool_parser="pythonic",
+                          policy={"rules": [{"name": "bird", "keywords": ["Bluebird"],
+                                             "action": "block"}]})
+    try:
+        assert gemma.model_name == "my-gemma"
+        assert gemma.pipeline.service.tool_parser == "pythonic"
+        with pytest.raises(PolicyViolationError):
+            gemma.chat("Hello Bluebird", max_tokens=4)
+        result = gemma.chat("Hello", max_tokens=4, temperature=0)
+        assert result.completion_tokens == 4 and result.prompt_tokens > 0
+    finally:
+        gemma.close()
