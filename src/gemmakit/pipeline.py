@@ -409,13 +409,7 @@ class Run:
 
     async def _gather(self, results: list[ChoiceResult]) -> None:
         async for i, chunk in self._chunks():
-            r = results[i]
-            r.text += chunk.text
-            r.token_ids += chunk.token_ids
-            r.logprobs += chunk.logprobs
-            if chunk.finish_reason is not None:
-                r.finish_reason = chunk.finish_reason
-                r.stats = chunk.stats
+            results[i].add(chunk)
         for r in results:
             out = self.plan.finish(r.text, r.finish_reason)
             r.content, r.tool_calls, r.finish_reason = out.content, out.tool_calls, \

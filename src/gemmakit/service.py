@@ -60,6 +60,15 @@ class ChoiceResult:
     """The reply's content once its tool calls are parsed out (the pipeline fills it in)."""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, chunk: Chunk) -> None:
+        """Append one of the choice's chunks."""
+        self.text += chunk.text
+        self.token_ids += chunk.token_ids
+        self.logprobs += chunk.logprobs
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+            self.stats = chunk.stats
+
 
 @dataclass
 class Usage:
@@ -244,13 +253,7 @@ class Service:
         """Run to completion and assemble every choice (the non-streaming path)."""
         results = [ChoiceResult(index=i) for i in range(len(prepared.requests))]
         async for i, chunk in self.stream(prepared, streams):
-            r = results[i]
-            r.text += chunk.text
-            r.token_ids += chunk.token_ids
-            r.logprobs += chunk.logprobs
-            if chunk.finish_reason is not None:
-                r.finish_reason = chunk.finish_reason
-                r.stats = chunk.stats
+            results[i].add(chunk)
         return results, Usage(prepared.prompt_tokens, sum(len(r.token_ids) for r in results))
 
 
