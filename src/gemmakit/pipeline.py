@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gemmakit.errors import GemmakitError, InvalidRequestError
+from gemmakit.prompts import render_completion
 from gemmakit.prompts.audio import Task, audio_task_messages
 from gemmakit.safety.auth import PermissionDeniedError
 from gemmakit.safety.validation import check_encodable, validate_messages, validate_prompts
@@ -98,6 +99,19 @@ class AudioJob:
     sampling: SamplingParams
     language: str | None = None
     prompt: str | None = None
+
+
+@dataclass
+class TokenizeJob:
+    """The token ids the server would prefill: for `prompt` (a raw completion prompt; with
+    `add_special_tokens` it starts with <bos>, as /v1/completions prefills it) or for `messages`
+    (the rendered conversation, with the tools' declarations)."""
+
+    prompt: str | None = None
+    messages: Sequence[Message] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    tools: Any = None
 
 
 # --- what comes out -------------------------------------------------------------------------
@@ -216,6 +230,8 @@ class Run:
         self.sequences: list[ChunkStats] = []
         self.status: int | None = None
         """Set when the run has been accounted."""
+        self.generation = True
+        """False for a run that generates nothing (tokenization): the metrics do not count it."""
         self._consumed = False
 
     @property
@@ -336,6 +352,55 @@ class Run:
         self._streams = self.pipeline.service.start(prepared)
         self.prepared = prepared
 
+    # --- tokenization: validated and booked like every request, generating nothing ----------
+    async def tokenize(self, job: TokenizeJob) -> list[int]:
+        """The token ids the server would prefill for `job` (see TokenizeJob)."""
+        self.generation = False
+        try:
+            ids = self._tokenize(job)
+        except BaseException as e:
+            await self._end(e)
+            raise
+        await self._end(None)
+        return ids
+
+    def _tokenize(self, job: TokenizeJob) -> list[int]:
+        service = self.pipeline.service
+        if (job.prompt is None) == (job.messages is None):
+            raise InvalidRequestError("give either 'prompt' or 'messages'.", param="prompt")
+        if job.prompt is not None:
+            check_encodable(job.prompt, "prompt")
+            if self.screen is not None:
+                validate_prompts([job.prompt], self.pipeline.safety.limits)
+            if not job.add_special_tokens:
+                return service.engine.tokenize(job.prompt)
+            return service.tokenize_prompt(render_completion(job.prompt))
+        assert job.messages is not None
+        check_encodable(job.messages, "messages")
+        check_encodable(job.tools, "tools")
+        if self.screen is not None:
+            validate_messages(job.messages, self.pipeline.safety.limits)
+        plan = ToolPlan.build(tools=job.tools, parser=service.tool_parser)
+        _, ids, _ = service.chat_prompt(job.messages, tools=plan.declarations,
+                                        add_generation_prompt=job.add_generation_prompt)
+        return ids
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of `tokens` (control tokens render as nothing)."""
+        self.generation = False
+        engine = self.pipeline.engine
+        try:
+            bad = [t for t in tokens if not 0 <= t < engine.n_vocab]
+            if bad:
+                raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary (0 to "
+                                          f"{engine.n_vocab - 1}).", param="tokens")
+            text = engine.detokenize(tokens)
+        except BaseException as e:
+            await self._end(e)
+            raise
+        await self._end(None)
+        return text
+
     # --- reading: stream or collect --------------------------------------------------------
     async def _chunks(self) -> AsyncGenerator[tuple[int, Chunk], None]:
         """(choice index, chunk) after the output stages; the run ends with the iteration."""
@@ -442,7 +507,7 @@ class Run:
         f = Finished(self.caller, self.model_name, self.status,
                      time.perf_counter() - self.caller.t0, self.prompt_tokens,
                      self.completion_tokens, self.reached_engine, list(self.sequences),
-                     self.internal)
+                     self.internal, generation=self.generation)
         # Shielded: a client that disconnects mid-stream cancels this task, but its tokens must
         # still be booked against the key, in the ledger and in the metrics.
         task = asyncio.ensure_future(self._book(f))
@@ -487,5 +552,6 @@ def _text_of(m: Message) -> str:
     return ""
 
 
-__all__ = ["Caller", "ChatJob", "CompletionJob", "AudioJob", "Delta", "Finished", "Sink",
+__all__ = ["Caller", "ChatJob", "CompletionJob", "AudioJob", "TokenizeJob", "Delta", "Finished",
+           "Sink",
            "Pipeline", "Run", "ClientClosedError", "CLIENT_CLOSED"]

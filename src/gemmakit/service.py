@@ -142,20 +142,26 @@ class Service:
                                          stop_token_ids=stop_ids, constraint=constraint))
         return out
 
+    def chat_prompt(self, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] = (),
+                    add_generation_prompt: bool = True
+                    ) -> tuple[Prompt, list[int], list[object]]:
+        """The rendered conversation, the token ids the engine prefills for it (media
+        placeholders expanded to the engine's media tokens) and the engine's media features."""
+        prompt = render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+        self._check_media(prompt, messages)
+        if not prompt.media:
+            return prompt, self.tokenize_prompt(prompt), []
+        from gemmakit.media.prepare import media_params, tokenize_with_media
+
+        ids, features = tokenize_with_media(self.engine, prompt, media_params(messages))
+        return prompt, ids, features
+
     def prepare_chat(self, messages: Sequence[Message], sampling: SamplingParams,
                      request_id: str, *, tools: Sequence[dict[str, Any]] = (),
                      constraint: Constraint | None = None) -> Prepared:
         """`tools`: function declarations shown to the model; `constraint`: a grammar the
         engine enforces (built and checked by gemmakit.tools; see tools/chat.py)."""
-        prompt = render_chat(messages, tools=tools)
-        self._check_media(prompt, messages)
-        features: list[object] = []
-        if prompt.media:  # placeholders expand to the engine's media tokens (counted in usage)
-            from gemmakit.media.prepare import media_params, tokenize_with_media
-
-            ids, features = tokenize_with_media(self.engine, prompt, media_params(messages))
-        else:
-            ids = self.tokenize_prompt(prompt)
+        prompt, ids, features = self.chat_prompt(messages, tools=tools)
         self._check_fits(len(ids), sampling, "messages")
         reqs = self._choices(ids, sampling, request_id, self._chat_stop_ids, 0, constraint)
         for r in reqs:

@@ -40,6 +40,9 @@ START_OF_AUDIO = "<start_of_audio>"
 
 # Generation of a model turn ends at either of these (ids 106 and 1 in Gemma 3's vocabulary).
 STOP_TOKENS: tuple[str, ...] = (END_OF_TURN, EOS)
+SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", EOS, BOS, START_OF_TURN, END_OF_TURN, START_OF_IMAGE,
+                                   "<end_of_image>", START_OF_AUDIO, "<end_of_audio>")
+"""The control tokens of Gemma's format (a model's vocabulary has those of its modalities)."""
 
 _ROLE_NAMES = {"user": "user", "assistant": "model"}
 _SYSTEM_ROLES = ("system", "developer")

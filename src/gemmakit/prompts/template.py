@@ -82,6 +82,14 @@ class Disagreement:
     theirs: str
 
 
+def gemma_chat_template() -> str:
+    """Gemma's turn format as a Jinja chat template (text and images), for clients that ask the
+    server for its template (GET /tokenizer_info). It renders what prompts/gemma.py renders."""
+    from importlib.resources import files
+
+    return (files("gemmakit.prompts") / "data" / "gemma_chat.jinja").read_text(encoding="utf-8")
+
+
 def check_template(template: str) -> list[Disagreement]:
     """Render the corpus with a model file's template and with gemmakit's; list every mismatch
     (an empty list means they agree)."""

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gemmakit.access")
 LOUD = "[--log-content is ON: this log holds private prompt and completion text]"
 
+TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/tokenizer_info"})
+"""Routes outside /v1 that need a key too (the server's tokenizer)."""
+
 InternalChat = Callable[[Sequence[Message], SamplingParams], Awaitable["ChoiceResult"]]
 """Runs one internal generation (the judge's), accounted apart from user traffic."""
 
@@ -79,7 +82,8 @@ class Safety:
     def needs_key(self, path: str) -> bool:
         if self.keys is None:
             return False
-        if path.startswith(("/v1/", "/admin/")) or path in ("/v1", "/admin"):
+        if path.startswith(("/v1/", "/admin/")) or path in ("/v1", "/admin") \
+                or path in TOKENIZER_PATHS:
             return True
         return path.startswith("/metrics") and self.settings.metrics_auth
 
@@ -88,7 +92,9 @@ class Safety:
 
     async def book(self, f: Finished) -> None:
         """The usage ledger's row for a finished request (user traffic only)."""
-        if self.ledger is None or f.internal is not None or not f.caller.endpoint.startswith("/v1/"):
+        endpoint = f.caller.endpoint
+        if self.ledger is None or f.internal is not None or not (
+                endpoint.startswith("/v1/") or endpoint in TOKENIZER_PATHS):
             return
         from gemmakit.safety.usage import UsageRecord
 

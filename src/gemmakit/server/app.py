@@ -27,7 +27,7 @@ from gemmakit.safety.layer import Safety
 from gemmakit.server import errors
 from gemmakit.server.errors import gemmakit_error_body, internal_error_body
 from gemmakit.server.guard import Guard
-from gemmakit.server.routes import chat, completions, health, models, usage
+from gemmakit.server.routes import chat, completions, health, models, tokenizer, usage
 from gemmakit.server.routes.common import PIPELINE_ROUTE
 from gemmakit.server.streaming import dumps
 from gemmakit.service import Service
@@ -186,7 +186,8 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     app.state.settings = settings
     app.state.safety = safety
     errors.install(app)
-    for r in (chat.router, completions.router, models.router, health.router, usage.router):
+    for r in (chat.router, completions.router, models.router, health.router, usage.router,
+              tokenizer.router):
         app.include_router(r)
     from gemmakit.server.routes import audio  # needs python-multipart (the server extra)
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemmakit.pipeline import CLIENT_CLOSED, Caller, Finished, Sink
 from gemmakit.safety.auth import ApiKey, AuthenticationError, secret_from_headers
-from gemmakit.safety.layer import LOUD, Safety
+from gemmakit.safety.layer import LOUD, TOKENIZER_PATHS, Safety
 from gemmakit.safety.ratelimit import Decision, Limits, RateLimitError, headers_for
 from gemmakit.server.errors import error_body, gemmakit_error_body
 from gemmakit.server.streaming import dumps
@@ -123,7 +123,7 @@ class Guard:
             prompt = completion = 0
             generation = path in self.generation_paths()
             model = self.model() if generation else None
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/") or path in TOKENIZER_PATHS:
                 f = Finished(Caller(rid, path, method, key, t0), model, status,
                              time.perf_counter() - t0, 0, 0, False, [], generation=generation)
                 for sink in self.sinks:

@@ -269,6 +269,32 @@ class CompletionRequest(_SamplingFields):
         return [x if isinstance(x, str) else list(x) for x in p if not isinstance(x, int)]
 
 
+# --- tokenizer endpoints (vLLM's shapes) ----------------------------------------------------
+class TokenizeRequest(_Lenient):
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    """Default: true for a prompt (it starts with <bos>); a conversation's ids are always the
+    ones the server prefills, <bos> included."""
+    add_generation_prompt: bool = True
+    tools: list[ToolDefinition] | None = None
+    return_token_strs: bool = False
+
+    def tools_json(self) -> list[Any] | None:
+        return None if self.tools is None else [_json(t) for t in self.tools]
+
+    def to_messages(self) -> list[Message] | None:
+        if self.messages is None:
+            return None
+        return [_to_message(i, m) for i, m in enumerate(self.messages)]
+
+
+class DetokenizeRequest(_Lenient):
+    model: str
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
 # --- conversion -----------------------------------------------------------------------------
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<b64>;base64)?,(?P<data>.*)", re.S)
 

@@ -5,50 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from gemmakit.prompts.template import TemplateRenderError, check_template, render_template
+from gemmakit.prompts.template import (
+    TemplateRenderError,
+    check_template,
+    gemma_chat_template,
+    render_template,
+)
 from gemmakit.types import ImagePart, Message, TextPart
 
-# Gemma's turn format as a Hugging Face-style chat template, written for this test from the
-# format's description: <bos>; the assistant role is "model"; content trimmed; a leading system
-# message becomes "{system}\n\n" at the start of the first user turn; images -> <start_of_image>.
-GEMMA_TEMPLATE = r"""
-{{- bos_token -}}
-{%- set ns = namespace(prefix="", start=0) -%}
-{%- if messages and messages[0].role in ["system", "developer"] -%}
-  {%- if messages[0].content is string -%}
-    {%- set ns.prefix = messages[0].content ~ "\n\n" -%}
-  {%- else -%}
-    {%- for part in messages[0].content -%}
-      {%- set ns.prefix = ns.prefix ~ part.text -%}
-    {%- endfor -%}
-    {%- set ns.prefix = ns.prefix ~ "\n\n" -%}
-  {%- endif -%}
-  {%- set ns.start = 1 -%}
-{%- endif -%}
-{%- for m in messages[ns.start:] -%}
-  {%- set expected = "user" if loop.index0 is even else "assistant" -%}
-  {%- if m.role != expected -%}
-    {{- raise_exception("roles must alternate user/assistant") -}}
-  {%- endif -%}
-  {{- "<start_of_turn>" ~ ("model" if m.role == "assistant" else "user") ~ "\n" -}}
-  {%- if loop.first -%}{{- ns.prefix -}}{%- endif -%}
-  {%- if m.content is string -%}
-    {{- m.content | trim -}}
-  {%- else -%}
-    {%- for part in m.content -%}
-      {%- if part.type == "image" -%}
-        {{- "<start_of_image>" -}}
-      {%- else -%}
-        {{- part.text | trim -}}
-      {%- endif -%}
-    {%- endfor -%}
-  {%- endif -%}
-  {{- "<end_of_turn>\n" -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-  {{- "<start_of_turn>model\n" -}}
-{%- endif -%}
-"""
+# Gemma's turn format as a chat template, shipped with gemmakit (GET /tokenizer_info serves it).
+GEMMA_TEMPLATE = gemma_chat_template()
 
 
 def test_a_correct_gemma_template_agrees_with_ours():
