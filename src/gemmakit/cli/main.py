@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "chat": "gemmakit.cli.chat",
     "complete": "gemmakit.cli.complete",
     "models": "gemmakit.cli.models",
+    "recommend": "gemmakit.cli.recommend",
     "engines": "gemmakit.cli.engines",
     "batch": "gemmakit.cli.batch",
     "bench": "gemmakit.bench.cli",

@@ -1,4 +1,5 @@
-"""`gemmakit models`: what is available locally, read from each file's own metadata."""
+"""`gemmakit models`: what is available locally, read from each file's own metadata; with
+`--catalog`, the Gemma family as published (gemmakit/catalog/data/gemma.toml)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ HELP = "List the models available locally."
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Machine-readable output.")
+    p.add_argument("--catalog", action="store_true", help="List the Gemma family as published "
+                   "(sizes, architecture, context, modalities, licence, checkpoints; each fact "
+                   "with its source) instead of the local files.")
     p.add_argument("--profiles", metavar="MODEL", help="Show the loading profiles of MODEL for "
                    "--engine: what each means there and its weights memory (or why it is "
                    "refused).")
@@ -26,6 +30,8 @@ def run(ns: argparse.Namespace) -> int:
     from gemmakit.engines.llamacpp import describe
 
     settings = load_settings(ns)
+    if ns.catalog:
+        return print_catalog(as_json=ns.json)
     if ns.profiles:
         from gemmakit.cli.profiles import print_profiles
 
@@ -50,4 +56,33 @@ def run(ns: argparse.Namespace) -> int:
                       str(r["context_length"]), ",".join(r["modalities"]),
                       str(r["architecture"]), r["path"])
     Console().print(table)
+    return 0
+
+
+def print_catalog(*, as_json: bool) -> int:
+    from gemmakit.catalog.data import load_catalog, model_json
+
+    rows = [model_json(m) for m in load_catalog().models]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    table = Table(Column("id", no_wrap=True), "params", "layers (L/G)", "heads/kv/dim",
+                  "window", "context", "modalities", "tuning", "purpose")
+    for r in rows:
+        a = r["architecture"] or {}
+        params = r["parameters"]
+        p = "?" if params is None else f"{params / 1e9:.2f}B" + ("" if r["parameters_computed"]
+                                                               else "~")
+        layers = f"{a['layers']} ({a['local_layers']}/{a['global_layers']})" if a else "?"
+        heads = f"{a['attention_heads']} / {a['kv_heads']} / {a['head_dim']}" if a else "?"
+        table.add_row(r["id"], p, layers, heads, str(a.get("sliding_window") or "-"),
+                      str(r["context_length"] or "?"), ",".join(r["modalities"]),
+                      ",".join(t[:4] for t in r["tunings"]), r["purpose"])
+    console = Console()
+    console.print(table)
+    console.print("[dim]~: the published raw count, not computed. --json gives every fact's "
+                  "source, the licence and the published checkpoints.[/dim]")
     return 0
