@@ -1,16 +1,22 @@
 """The tool plan of one chat request: what the prompt declares, what the engine is constrained to,
 and how the reply becomes OpenAI `content` + `tool_calls`.
 
-| request                                   | prompt         | constraint             | reply     |
-|-------------------------------------------|----------------|------------------------|-----------|
-| no tools, or `tool_choice: "none"`        | no declarations| none (or response_format)| text as is|
-| `tool_choice: "auto"` (default with tools)| declarations   | none (or call-or-schema) | parsed    |
-| `"required"` / `{"function": {"name"}}`   | declarations   | call grammar           | parsed    |
-| `response_format` json_object/json_schema | —              | schema grammar         | text (JSON)|
+| request                                    | prompt          | constraint               | reply |
+|--------------------------------------------|-----------------|--------------------------|-------|
+| no tools, or `tool_choice: "none"`         | no declarations | none (or response_format)| text  |
+| `tool_choice: "auto"` (default with tools) | declarations    | none (or call-or-schema) | parsed|
+| `"required"` / `{"function": {"name"}}`    | declarations    | call grammar             | parsed|
+| `response_format` json_object/json_schema  | —               | schema grammar           | JSON  |
 
 Calls leave only after their name is one of the allowed tools and their arguments validate against
 the tool's schema with `jsonschema`; a reply that breaks those rules (possible only without a
-constraint, or when max_tokens cuts a constrained reply) is returned as text, never as a call.
+constraint, without a max_tokens budget, or under a schema keyword the grammar leaves to this
+check) is returned as text, never as a call. A structured answer is checked the same way; one that
+fails is returned as it is, with `Outcome.invalid` saying why.
+
+With `max_tokens`, every constraint is budgeted (tools/gbnf.py): a forced call or a structured
+answer always completes within max_tokens, and a max_tokens too small for the shortest valid reply
+is a 400 before anything is generated.
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ from typing import Any, Literal
 
 from gemmakit.errors import InvalidRequestError, UnsupportedError
 from gemmakit.tools.constraints import (
+    _rebase_refs,
     call_schema,
+    compile_schema,
     json_constraint,
     response_format_schema,
-    schema_to_gbnf,
     tool_call_constraint,
 )
+from gemmakit.tools.gbnf import Tokenizer
 from gemmakit.tools.parsers import CallParser, ParsedCall, StreamingParser, get_parser
 from gemmakit.tools.parsers.base import remainder
-from gemmakit.tools.schema import SchemaError, ToolSpec, parse_tools
+from gemmakit.tools.schema import SchemaError, ToolSpec, parse_tools, validate_value
 from gemmakit.types import Capabilities, Constraint, FinishReason
 
 log = logging.getLogger("gemmakit.tools")
@@ -50,6 +58,9 @@ class Outcome:
     content: str | None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    invalid: str | None = None
+    """Why a structured answer (response_format) failed its schema check; None when it passed
+    or there was none. The answer itself is still `content`."""
 
 
 def tool_call_entry(call: ParsedCall) -> dict[str, Any]:
@@ -82,9 +93,15 @@ class ToolPlan:
     @classmethod
     def build(cls, *, tools: Any = None, tool_choice: Any = None,
               parallel_tool_calls: bool | None = None, response_format: Any = None,
-              parser: str = "json", specs: Sequence[ToolSpec] | None = None) -> ToolPlan:
+              parser: str = "json", specs: Sequence[ToolSpec] | None = None,
+              max_tokens: int | None = None, tokenizer: Tokenizer | None = None) -> ToolPlan:
         """Check the request's tool fields and compile its constraint (400s name the field and
-        the tool). `specs`: already-built specs (Python API) instead of OpenAI `tools` dicts."""
+        the tool). `specs`: already-built specs (Python API) instead of OpenAI `tools` dicts.
+
+        `max_tokens`: the reply's token budget; a constrained reply then always completes within
+        it (BudgetError, a 400 on `max_tokens`, when even the shortest valid one cannot).
+        `tokenizer`: the serving engine, when its grammars take token elements (llama.cpp), so
+        the budget counts the literal parts of a reply in real tokens rather than bytes."""
         all_tools = list(specs) if specs is not None else (
             parse_tools(tools) if tools is not None else [])
         schema = response_format_schema(response_format)
@@ -100,16 +117,19 @@ class ToolPlan:
                 raise InvalidRequestError("response_format cannot be combined with a forced tool "
                                           "call (the reply is the call).",
                                           param="response_format")
-            plan.constraint = tool_call_constraint(plan.tools, plan.parallel)
+            plan.constraint = tool_call_constraint(plan.tools, plan.parallel,
+                                                   max_tokens=max_tokens, tokenizer=tokenizer)
             plan.constraint_param = "tool_choice"
         elif schema is not None:
             label = ((response_format.get("json_schema") or {}).get("name") or "response"
                      if isinstance(response_format, dict) else "response")
             if plan.active:
                 # The model may call or answer: the grammar allows either.
-                plan.constraint = _call_or_answer(plan.tools, plan.parallel, schema, label)
+                plan.constraint = _call_or_answer(plan.tools, plan.parallel, schema, label,
+                                                  max_tokens, tokenizer)
             else:
-                plan.constraint = json_constraint(schema, label)
+                plan.constraint = json_constraint(schema, label, max_tokens=max_tokens,
+                                                  tokenizer=tokenizer)
             plan.constraint_param = "response_format"
         return plan
 
@@ -122,13 +142,30 @@ class ToolPlan:
     def finish(self, text: str, finish_reason: FinishReason | None) -> Outcome:
         """The non-streaming path."""
         if not self.active:
-            return Outcome(text, [], finish_reason)
+            return Outcome(text, [], finish_reason, self.check_answer(text))
         assert self.parser is not None
         result = self.parser.parse(text)
         return self._outcome(text, result.content, result.calls, finish_reason)
 
     def streamer(self) -> ToolStream:
         return ToolStream(self)
+
+    def check_answer(self, text: str) -> str | None:
+        """Why `text` is not a valid structured answer (None when it is, or none was asked)."""
+        if self.response_schema is None:
+            return None
+        import json
+
+        why: str | None
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            why = f"not JSON: {e}"
+        else:
+            why = validate_value(self.response_schema, value)
+        if why is not None:
+            log.info("structured answer does not validate (%s)", why[:200])
+        return why
 
     def _valid(self, calls: list[ParsedCall]) -> list[ParsedCall] | None:
         if not calls or (len(calls) > 1 and not self.parallel):
@@ -194,20 +231,17 @@ def _choice(tool_choice: Any, tools: list[ToolSpec]) -> tuple[Mode, str | None]:
                               param="tool_choice")
 
 
-def _call_or_answer(tools: list[ToolSpec], parallel: bool, schema: dict[str, Any],
-                    label: str) -> Constraint:
+def _call_or_answer(tools: list[ToolSpec], parallel: bool, schema: dict[str, Any], label: str,
+                    max_tokens: int | None, tokenizer: Tokenizer | None) -> Constraint:
     calls = call_schema(tools, parallel)
     defs = calls.pop("$defs")
-    answer_defs = schema.get("$defs") or schema.get("definitions")
-    if answer_defs:  # two schemas with their own $defs: keep them apart rather than merge
-        raise InvalidRequestError("a response_format schema with $defs cannot be combined with "
-                                  "tool_choice 'auto'; use one or the other.",
-                                  param="response_format")
+    defs["answer"] = _rebase_refs(schema, "#/$defs/answer")  # its own $defs move along
     try:
-        grammar = schema_to_gbnf({"anyOf": [calls, schema], "$defs": defs})
+        grammar = compile_schema({"anyOf": [calls, {"$ref": "#/$defs/answer"}], "$defs": defs},
+                                 max_tokens=max_tokens, tokenizer=tokenizer, what="reply")
     except SchemaError:
         tool_call_constraint(tools, parallel)  # raises naming the tool if a tool is the cause
         json_constraint(schema, label)  # raises naming the schema if it is the cause
         raise InvalidRequestError("the tools and the response_format schema cannot be combined "
                                   "into one grammar.", param="response_format") from None
-    return Constraint("grammar", grammar)
+    return Constraint("grammar", grammar.text)

@@ -145,7 +145,7 @@ def test_tool_results_are_fed_back(client, engine):
      "tool_choice.function.name"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
         "type": "object", "properties": {"a": {"type": "integer", "multipleOf": 2}}}}}],
       "tool_choice": "required"}, "tools[0].function.parameters"),
     ({"response_format": {"type": "json_schema", "json_schema": {
