@@ -98,8 +98,7 @@ def transformers_kv_bytes(arch: Architecture, facts: dict[str, Any], context: in
 
 
 # --- scratch ----------------------------------------------------------------------------------
-def llamacpp_scratch_bytes(arch: Architecture, facts: dict[str, Any], context: int,
-                           measured: dict[str, Any]) -> int:
+def llamacpp_scratch_bytes(arch: Architecture, facts: dict[str, Any], context: int) -> int:
     """Without flash attention llama.cpp materialises, for a full batch of `ubatch` tokens, the
     f32 scores of every head against every cached position (KQ, then its softmax) and the mask:
     (2 x heads + 1) x ubatch x cells x 4 bytes when a prompt fills the context (measured within
@@ -191,7 +190,7 @@ def estimate_for(arch: Architecture, weights: Weights, catalog: Catalog, *, engi
     if engine == "llamacpp":
         ctx = _pad(context, int(facts["kv_cell_block"]))
         kv = llamacpp_kv_bytes(arch, facts, context, parallel)
-        scratch = llamacpp_scratch_bytes(arch, facts, context, measured)
+        scratch = llamacpp_scratch_bytes(arch, facts, context)
         if facts["swa_full"]:
             notes.append("sliding-window layers hold the whole context (swa_full)")
     else:

@@ -46,10 +46,10 @@ def test_llamacpp_scratch_grows_with_the_context_up_to_the_compute_buffer():
     cat = load_catalog()
     a = cat.get("gemma-3-270m").architecture
     facts = cat.engine("llamacpp")
-    assert llamacpp_scratch_bytes(a, facts, 4096, {}) == 9 * 512 * 4096 * 4
+    assert llamacpp_scratch_bytes(a, facts, 4096) == 9 * 512 * 4096 * 4
     # Past the logits of a full batch (262144 x 512 x f32) the scores reuse that space.
-    assert llamacpp_scratch_bytes(a, facts, 32768, {}) == 262144 * 512 * 4
-    assert llamacpp_scratch_bytes(a, {**facts, "flash_attention": True}, 4096, {}) == 0
+    assert llamacpp_scratch_bytes(a, facts, 32768) == 262144 * 512 * 4
+    assert llamacpp_scratch_bytes(a, {**facts, "flash_attention": True}, 4096) == 0
 
 
 def test_estimate_adds_up_and_uses_the_measured_overhead():
