@@ -168,24 +168,31 @@ def kv_element_bytes(engine: str, catalog: Catalog, quantization: str) -> float:
 
 
 def estimate(model: Model, catalog: Catalog, *, engine: str, quantization: str, context: int,
-             parallel: int = 1) -> MemoryEstimate:
+             parallel: int = 1, device: str = "cpu") -> MemoryEstimate:
     """Memory of catalog `model` served by `engine` with `parallel` sequences of `context`
     tokens."""
     if model.architecture is None:
         raise ConfigError(f"{model.id} has no architecture in the catalog")
     weights = model_weights(model, catalog, engine, quantization)
     return estimate_for(model.architecture, weights, catalog, engine=engine,
-                        quantization=quantization, context=context, parallel=parallel)
+                        quantization=quantization, context=context, parallel=parallel,
+                        device=device)
 
 
 def estimate_for(arch: Architecture, weights: Weights, catalog: Catalog, *, engine: str,
-                 quantization: str, context: int, parallel: int = 1) -> MemoryEstimate:
+                 quantization: str, context: int, parallel: int = 1,
+                 device: str = "cpu") -> MemoryEstimate:
     """The estimate from an architecture and its weights (a catalog model's, or a local file's
-    own: catalog/local.py)."""
+    own: catalog/local.py). On `device` "cuda" it is GPU memory: the overhead, measured on CPU as
+    process memory, is left out (the CUDA runtime's own is not measured)."""
     facts = catalog.engine(engine)
     measured = catalog.measured.get(engine, {})
     notes: list[str] = []
-    if not measured:
+    if device.startswith("cuda"):
+        measured = {k: v for k, v in measured.items() if k.startswith("prefill")}
+        notes.append("GPU memory: weights, cache and activations; the CUDA runtime's own "
+                     "memory is not measured")
+    elif not measured:
         notes.append(f"no measured runtime overhead for the {engine} engine")
     if engine == "llamacpp":
         ctx = _pad(context, int(facts["kv_cell_block"]))

@@ -166,7 +166,7 @@ def recommend(catalog: Catalog, *, task: str, memory_bytes: int, device: str = "
             short.append(f"{v.model.id} ({v.model.context_length} tokens)")
             continue
         mem = estimate(v.model, catalog, engine=v.engine, quantization=v.quantization,
-                       context=context, parallel=parallel)
+                       context=context, parallel=parallel, device=device)
         (fitting if mem.total_bytes <= memory_bytes else too_big).append((v, mem))
     if not fitting:
         raise NothingFits(_nothing_fits(task, device, memory_bytes, context, too_big, short))

@@ -70,3 +70,13 @@ def test_transformers_estimate_runs_one_sequence():
     e = estimate(cat.get("gemma-3-4b"), cat, engine="transformers", quantization="BF16",
                  context=4096, parallel=4)
     assert e.parallel == 1 and any("one sequence" in n for n in e.notes)
+
+
+def test_gpu_memory_leaves_out_the_cpu_process_overhead():
+    cat = load_catalog()
+    m = cat.get("gemma-3-4b")
+    cpu = estimate(m, cat, engine="transformers", quantization="BF16", context=4096)
+    gpu = estimate(m, cat, engine="transformers", quantization="BF16", context=4096,
+                   device="cuda")
+    assert gpu.overhead_bytes == 0 < cpu.overhead_bytes
+    assert gpu.scratch_bytes == cpu.scratch_bytes and "CUDA runtime" in gpu.notes[0]
