@@ -108,12 +108,13 @@ def plan_fit(model_path: str | Path, budget_bytes: int, *, engine: str = "llamac
              model_format: str | None = None, context_length: int | None = None,
              parallel: int | None = None, preferred_parallel: int = 4,
              batch_size: int | None = None, name: str | None = None,
-             quantization: str | None = None) -> FitPlan:
+             quantization: str | None = None, device: str = "cpu") -> FitPlan:
     """The largest serving configuration of the model at `model_path` that fits `budget_bytes`.
 
     `context_length` / `parallel`: values the user fixed (None: chosen here). `batch_size`:
     --batch-size (llama.cpp's ubatch; it sizes the attention scratch). `quantization`: the
-    transformers engine's weights under a profile (`profile_quantization`). Raises ConfigError,
+    transformers engine's weights under a profile (`profile_quantization`). `device`: "cuda"
+    sizes GPU memory (the CPU-measured process overhead left out). Raises ConfigError,
     with the smallest configuration's needs, when nothing fits."""
     path = Path(model_path)
     fmt = model_format or ("gguf" if path.suffix.lower() == ".gguf" else "hf")
@@ -130,7 +131,8 @@ def plan_fit(model_path: str | Path, budget_bytes: int, *, engine: str = "llamac
 
     def est(ctx: int, par: int) -> MemoryEstimate:
         return estimate_for(lm.architecture, lm.weights, catalog, engine=engine,
-                            quantization=lm.quantization, context=ctx, parallel=par)
+                            quantization=lm.quantization, context=ctx, parallel=par,
+                            device=device)
 
     def longest(par: int) -> int | None:
         """The longest context (multiple of STEP, <= trained) that fits with `par` sequences."""

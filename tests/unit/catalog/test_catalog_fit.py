@@ -100,6 +100,8 @@ def test_nothing_fits_says_what_the_smallest_needs(tiny_gguf):
 def test_transformers_runs_one_sequence(tiny_gguf):
     p = plan_fit(tiny_gguf, 4000 * MB, engine="transformers")
     assert p.parallel == 1 and p.estimate.engine == "transformers"
+    gpu = plan_fit(tiny_gguf, 4000 * MB, engine="transformers", device="cuda")
+    assert gpu.estimate.overhead_bytes == 0 < p.estimate.overhead_bytes
 
 
 def test_parse_bytes():
