@@ -56,6 +56,9 @@ _SIG_DIGITS = 15
 """Digits of a bounded decimal: any two decimals of at most 15 significant digits parse to
 different doubles (DBL_DIG), so a decimal the grammar keeps above an exclusive bound stays above
 it once parsed."""
+_FRACTION_DIGITS = 6
+"""Decimals a grammar writes after the point (0.000001 resolution; keeps number rules small)."""
+_MAX_REPEAT = 2000  # llama.cpp refuses a {m,n} repetition above this
 
 # JSON string characters: anything but '"', '\' and control characters (U+0000-U+001F), or a
 # two-character escape. The converter's rule lets raw control characters through, which strict
@@ -63,9 +66,10 @@ it once parsed."""
 # surrogate pair would count two characters for maxLength but one for jsonschema).
 _CHAR_RULE = r'[^"\\\x00-\x1F] | "\\" ["\\/bfnrt]'
 _NEVER = r"[^\x00-\U0010FFFF]"  # matches nothing: a schema no value satisfies
-_NUMBER_RULE = ('("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9] [0-9]?) space')
-"""The converter's number with exponents of at most two digits: a longer one can overflow a
-double to infinity, which is not JSON once the call is re-serialized."""
+_NUMBER_RULE = (f'("-"? integral-part) ("." [0-9]{{1,{_FRACTION_DIGITS}}})? '
+                '([eE] [-+]? [0-9] [0-9]?) space')
+"""The converter's number with at most six decimals and exponents of at most two digits: a longer
+exponent can overflow a double to infinity, which is not JSON once the call is re-serialized."""
 
 # Calendar dates 0001-01-01 .. 9999-12-31 exactly (29 February in leap years only), as
 # datetime.date.fromisoformat and jsonschema's "date" format accept them.
@@ -258,7 +262,7 @@ def _magnitude_rule(a: Decimal, a_excl: bool, b: Decimal | None, b_excl: bool) -
         n_hi, f_hi = None, None
 
     def k_for(n_digits: int) -> int:
-        return max(0, _SIG_DIGITS - n_digits)
+        return max(0, min(_FRACTION_DIGITS, _SIG_DIGITS - n_digits))
 
     # The integer part n_lo, with the fraction above a's (and below b's if n_hi == n_lo).
     same = n_hi == n_lo
@@ -366,6 +370,11 @@ def _converter():
                 body = f"{names['date']} \"T\" {names['time']}" if fmt == "date-time" \
                     else names[fmt]
                 return self._add_rule(rule_name, f'"\\"" {body} "\\"" space')
+            if t == "string" and ("minLength" in schema or "maxLength" in schema) \
+                    and "pattern" not in schema and "format" not in schema:
+                char = self._add_primitive("char", _primitive("char"))
+                reps = _repeat(char, schema.get("minLength", 0), schema.get("maxLength"))
+                return self._add_rule(rule_name, f'"\\"" {reps} "\\"" space')
             if t == "array":
                 return self._add_rule(rule_name, self._array(schema, name))
             if t == "object" and ("properties" in schema or "additionalProperties" in schema):
@@ -397,7 +406,7 @@ def _converter():
             if name == "char":
                 rule = type(rule)(_CHAR_RULE, [])
             elif name == "number":
-                rule = type(rule)(_NUMBER_RULE, ["integral-part", "decimal-part"])
+                rule = type(rule)(_NUMBER_RULE, ["integral-part"])
             return super()._add_primitive(name, rule)
 
         def _array(self, schema: dict[str, Any], name: str) -> str:
@@ -470,6 +479,27 @@ def _converter():
             return f'"{{" space ({head[0]}) "}}" space'
 
     return Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def _repeat(item: str, lo: int, hi: int | None) -> str:
+    """`item` lo..hi times as GBNF repetitions of at most _MAX_REPEAT each (the converter's
+    nested optional groups for maxLength 500 are 500 levels deep)."""
+    parts = []
+    while lo > _MAX_REPEAT:
+        parts.append(f"{item}{{{_MAX_REPEAT}}}")
+        lo -= _MAX_REPEAT
+        hi = None if hi is None else hi - _MAX_REPEAT
+    if hi is None:
+        parts.append(f"{item}{{{lo},}}" if lo else f"{item}*")
+        return " ".join(parts)
+    first = min(hi, _MAX_REPEAT)
+    parts.append(f"{item}{{{lo},{first}}}")
+    hi -= first
+    while hi > 0:
+        step = min(hi, _MAX_REPEAT)
+        parts.append(f"{item}{{0,{step}}}")
+        hi -= step
+    return " ".join(parts)
 
 
 def _primitive(name: str) -> Any:
@@ -608,7 +638,9 @@ def compile_schema(schema: dict[str, Any], *, max_tokens: int | None = None,
     except gb.GrammarError as e:
         log.warning("constraint not budgeted (%s): a reply may be cut by max_tokens", e)
         return compile_schema(schema, what=what)
-    _parse_check(b.grammar)
+    if not b.checked:
+        _parse_check(b.grammar)
+        b.checked = True
     return Grammar(b.grammar, budgeter.shortest + 1, b.budget + 1)
 
 

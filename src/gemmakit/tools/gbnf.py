@@ -38,8 +38,8 @@ MAX_NESTING = 3
 """Levels a recursive rule (a recursive $ref, JSON values of any shape) is unrolled to."""
 MAX_STATES = 20_000
 """Largest automaton a budgeted grammar is built from (after minimisation)."""
-MAX_PAIRS = 40_000
-"""Most (state, budget) rules in one budgeted grammar (about 2-3 MB of GBNF)."""
+MAX_PAIRS = 30_000
+"""Most (state, budget) rules in one budgeted grammar (about 2 MB of GBNF)."""
 
 # --- GBNF expressions ---------------------------------------------------------------------------
 Range = tuple[int, int]  # inclusive code point range
@@ -652,15 +652,17 @@ class _Thompson:
             if out is not None:
                 self.eps[out].append(loop)
             return loop
+        # Up to hi - lo more: each step goes on or leaves for the end directly (leaving through
+        # every later step instead would give each state an edge into every later one).
+        end = self.new()
         for _ in range(e.hi - e.lo):
+            self.eps[cur].append(end)
             out = self.build(e.item, cur)
             if out is None:
                 break
-            join = self.new()
-            self.eps[cur].append(join)
-            self.eps[out].append(join)
-            cur = join
-        return cur
+            cur = out
+        self.eps[cur].append(end)
+        return end
 
 
 def to_automaton(rules: dict[str, Expr], root: str = "root", max_states: int = MAX_STATES,
@@ -793,8 +795,9 @@ EdgeCosts = list[list[list[tuple[int, str, int]]]]
 """Per state, per edge: its (cost, GBNF, destination) variants."""
 
 
-def _edge_costs(a: Automaton, costs: Costs) -> EdgeCosts:
-    """Costs of every edge. A literal becomes token elements only where no character-level edge
+def _edge_costs(a: Automaton, costs: Costs, classes: dict[str, str]) -> EdgeCosts:
+    """Costs of every edge; character classes are named once in `classes` (text -> rule name),
+    which halves the grammar. A literal becomes token elements only where no character-level edge
     entering its state could match one of its characters: llama.cpp's sampler would otherwise let
     a token start under the character rule and end inside the token element, which its accept
     step then refuses (an engine error)."""
@@ -832,7 +835,13 @@ def _edge_costs(a: Automaton, costs: Costs) -> EdgeCosts:
                 else:
                     row.append([(len(lab.text.encode("utf-8")), gbnf_literal(lab.text), d)])
             else:
-                row.append([(c, gbnf_class(part), d) for c, part in char_bands(lab.ranges)])
+                variants = []
+                for c, part in char_bands(lab.ranges):
+                    text = gbnf_class(part)
+                    if len(text) > 8:
+                        text = classes.setdefault(text, f"k{len(classes)}")
+                    variants.append((c, text, d))
+                row.append(variants)
         result.append(row)
     return result
 
@@ -918,7 +927,7 @@ def _max_costs(a: Automaton, ec: EdgeCosts) -> list[float]:
 
 
 # --- the budgeted grammar -----------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class Budgeted:
     grammar: str
     shortest: int
@@ -926,6 +935,8 @@ class Budgeted:
     budget: int
     """The budget the grammar enforces (<= the one asked for)."""
     rules: int
+    checked: bool = False
+    """Whether llama.cpp's parser has read it (once is enough)."""
 
 
 class Budgeter:
@@ -933,9 +944,12 @@ class Budgeter:
 
     def __init__(self, automaton: Automaton, costs: Costs) -> None:
         self.a = automaton
-        self.ec = _edge_costs(automaton, costs)
+        self.classes: dict[str, str] = {}
+        self.ec = _edge_costs(automaton, costs, self.classes)
         self.minc = _min_costs(automaton, self.ec)
         self.maxc = _max_costs(automaton, self.ec)
+        self.dist = _min_costs_from(automaton, self.ec)
+        self._made: dict[int, Budgeted] = {}
 
     @property
     def shortest(self) -> int:
@@ -979,24 +993,65 @@ class Budgeter:
             f"s{self.a.start}b{budget}"
 
     def count(self, budget: int) -> int:
+        """How many rules the grammar for `budget` has."""
         return self._walk(budget, None)
 
-    def grammar(self, budget: int, max_pairs: int = MAX_PAIRS) -> Budgeted:
+    def estimate(self, budget: int) -> int:
+        """An upper bound on count(budget), without visiting: per state, the budgets between its
+        cheapest completion and what is left after its cheapest approach, or one when that is
+        more than its dearest completion."""
+        n = 0
+        for s in range(self.a.size):
+            top = budget - self.dist[s]
+            if top < self.minc[s]:
+                continue
+            if top >= self.maxc[s]:
+                n += 1 + max(0, int(min(top, self.maxc[s] - 1) - self.minc[s] + 1))
+            else:
+                n += int(top - self.minc[s] + 1)
+        return n
+
+    def grammar(self, budget: int, max_pairs: int | None = None) -> Budgeted:
         """The grammar of the texts that cost at most `budget` (lowered to stay within
         `max_pairs` rules). Raises GrammarError when even the shortest text costs more."""
+        limit = MAX_PAIRS if max_pairs is None else max_pairs
         if self.shortest > budget:
             raise GrammarError(f"the shortest accepted text costs {self.shortest}")
-        if self.count(budget) > max_pairs:
-            lo, hi = self.shortest, budget  # count() grows with the budget
-            if self.count(lo) > max_pairs:
+        if self.estimate(budget) > limit:
+            lo, hi = self.shortest, budget  # estimate() grows with the budget
+            if self.estimate(lo) > limit:
                 raise GrammarError("the grammar is too large to budget")
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if self.count(mid) <= max_pairs:
+                if self.estimate(mid) <= limit:
                     lo = mid
                 else:
                     hi = mid - 1
             budget = lo
-        lines = [f"root ::= {self.root(budget)}"]
-        n = self._walk(budget, lambda nm, body: lines.append(f"{nm} ::= {body}"))
-        return Budgeted("\n".join(lines) + "\n", self.shortest, budget, n)
+        made = self._made.get(budget)
+        if made is None:
+            lines = [f"root ::= {self.root(budget)}"]
+            lines += [f"{name} ::= {text}" for text, name in self.classes.items()]
+            n = self._walk(budget, lambda nm, body: lines.append(f"{nm} ::= {body}"))
+            made = Budgeted("\n".join(lines) + "\n", self.shortest, budget, n)
+            if len(self._made) > 16:
+                self._made.clear()
+            self._made[budget] = made
+        return made
+
+
+def _min_costs_from(a: Automaton, ec: EdgeCosts) -> list[float]:
+    """Cheapest way to each state from the start (Dijkstra)."""
+    dist = [float("inf")] * a.size
+    dist[a.start] = 0.0
+    heap = [(0.0, a.start)]
+    while heap:
+        d0, s = heapq.heappop(heap)
+        if d0 > dist[s]:
+            continue
+        for variants in ec[s]:
+            for c, _, d in variants:
+                if d0 + c < dist[d]:
+                    dist[d] = d0 + c
+                    heapq.heappush(heap, (d0 + c, d))
+    return dist

@@ -110,6 +110,10 @@ def walk(grammar: str, rng: random.Random, pieces: dict[int, str] | None = None,
                 assert pieces is not None, "token elements need the tokenizer's pieces"
                 out.append(pieces[item.id])
                 cost += 1
+            elif isinstance(item, Ref) and isinstance(rules[item.name], Cls):  # a named class
+                c = _sample_char(rules[item.name], rng)  # type: ignore[arg-type]
+                out.append(c)
+                cost += len(c.encode())
             elif isinstance(item, Ref):
                 nxt = rules[item.name]
             else:
@@ -139,6 +143,8 @@ def accepts(grammar: str, text: str) -> bool:
 
     def seq(alt: Expr, pos: int) -> bool:
         for item in alt.items if isinstance(alt, Seq) else (alt,):
+            if isinstance(item, Ref) and isinstance(rules[item.name], Cls):  # a named class
+                item = rules[item.name]
             if isinstance(item, Lit):
                 if not text.startswith(item.text, pos):
                     return False

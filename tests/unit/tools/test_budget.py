@@ -207,7 +207,6 @@ def test_canonical_spacing():
 
 def test_a_huge_budget_is_lowered_to_keep_the_grammar_small(monkeypatch):
     monkeypatch.setattr(gb, "MAX_PAIRS", 2000)
-    monkeypatch.setattr(gb.Budgeter.grammar, "__defaults__", (2000,))
     g = compile_schema(MATH, max_tokens=4000)
     assert g.max_tokens is not None and g.max_tokens < 4000
     text, cost = walk(g.text, random.Random(0), longest=True)
