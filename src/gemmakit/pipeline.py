@@ -179,6 +179,12 @@ class Pipeline:
     def engine(self) -> Engine:
         return self.service.engine
 
+    @property
+    def grammar_tokenizer(self) -> Engine | None:
+        """The engine, when its grammars may name tokens (a tool plan's budget then counts
+        real tokens): what ToolPlan.build takes as `tokenizer`."""
+        return self.engine if self.engine.capabilities.grammar_tokens else None
+
     def begin(self, caller: Caller | None = None) -> Run:
         """A new run for a user request; 403 if the caller's key may not use this model."""
         caller = caller or Caller()
@@ -279,7 +285,8 @@ class Run:
         plan = job.plan or ToolPlan.build(
             tools=job.tools, specs=job.specs, tool_choice=job.tool_choice,
             parallel_tool_calls=job.parallel_tool_calls, response_format=job.response_format,
-            parser=service.tool_parser)
+            parser=service.tool_parser, max_tokens=job.sampling.max_tokens,
+            tokenizer=self.pipeline.grammar_tokenizer)
         check_encodable(plan.declarations, "tools")
         plan.check_engine(service.engine.capabilities, service.model_name)
         if plan.constraint is not None and job.sampling.ignore_eos:

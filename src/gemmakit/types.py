@@ -193,6 +193,9 @@ class Capabilities:
     vision: bool = False
     audio: bool = False
     constraints: bool = False
+    grammar_tokens: bool = False
+    """Its grammars may name tokens (llama.cpp's `<[id]>`): a constraint's token budget then
+    counts the literal parts of a reply in real tokens rather than bytes."""
     lora: bool = False
     batching: bool = False
     embeddings: bool = False

@@ -222,7 +222,8 @@ class LlamaCppEngine(Engine):
         self.prefix_cache = prefix_cache
         self.prefill_chunk = max(1, min(prefill_chunk, batch_size))
         self.threads = threads or os.cpu_count() or 1
-        self.capabilities = Capabilities(text=True, batching=True, constraints=True)
+        self.capabilities = Capabilities(text=True, batching=True, constraints=True,
+                                         grammar_tokens=True)
 
         mparams = ll.llama_model_default_params()
         self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)

@@ -149,13 +149,15 @@ async def run_item(pipeline: Pipeline, item: Item, mode: str, max_tokens: int
     if mode == "json_schema":
         schema = call_schema(parse_tools(item.tools), parallel)
         plan = ToolPlan.build(response_format={"type": "json_schema", "json_schema": {
-            "name": "tool_call", "schema": schema, "strict": True}})
+            "name": "tool_call", "schema": schema, "strict": True}}, max_tokens=max_tokens,
+            tokenizer=pipeline.grammar_tokenizer)
         plan.declared = parse_tools(item.tools)  # shown in the prompt, answered as JSON
     else:
         choice: Any = mode if mode != "named" else {
             "type": "function", "function": {"name": item.expected[0]["name"]}}
         plan = ToolPlan.build(tools=item.tools, tool_choice=choice, parallel_tool_calls=parallel,
-                              parser=pipeline.service.tool_parser)
+                              parser=pipeline.service.tool_parser, max_tokens=max_tokens,
+                              tokenizer=pipeline.grammar_tokenizer)
     run = pipeline.begin(Caller(f"eval-{uuid.uuid4().hex[:12]}", endpoint="eval tools"))
     await run.chat(ChatJob([_to_message(m) for m in item.messages],
                            SamplingParams(max_tokens=max_tokens, temperature=0), plan=plan))

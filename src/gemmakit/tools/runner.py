@@ -139,7 +139,8 @@ async def arun_tools(pipeline: Pipeline, messages: Sequence[Any], tools: Sequenc
             choice = "none"
         plan = ToolPlan.build(specs=runner.specs, tool_choice=choice,
                               parallel_tool_calls=parallel_tool_calls,
-                              parser=pipeline.service.tool_parser)
+                              parser=pipeline.service.tool_parser,
+                              max_tokens=sampling.max_tokens, tokenizer=pipeline.grammar_tokenizer)
         # Declarations stay in the prompt on the last step: the history holds calls.
         plan.declared = list(runner.specs)
         run = pipeline.begin(Caller(f"tools-{uuid.uuid4().hex[:12]}", endpoint="run_tools"))

@@ -138,7 +138,7 @@ class TestEvaluate:
         engine.queue_text('{"name": "f", "parameters": {"x": 1}}')  # auto, a: exact
         engine.queue_text("hello")  # auto, b: right (no call)
         engine.queue_text('{"name": "f", "parameters": {"x": 2}}')  # required, a: wrong args
-        scores = run(evaluate(build_pipeline(engine, "g"), items, ("auto", "required"), 32,
+        scores = run(evaluate(build_pipeline(engine, "g"), items, ("auto", "required"), 64,
                               progress=False))
         a, r = scores["auto"], scores["required"]
         assert (a.valid, a.right, a.exact, a.n_call, a.n_scored) == (1, 2, 1, 1, 2)
