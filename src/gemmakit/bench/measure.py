@@ -22,7 +22,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import socket
 import statistics
 import subprocess
@@ -68,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    from gemmakit.catalog.measure import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _prompt_ids(tokenize, n: int, bos: int) -> list[int]:

@@ -48,7 +48,7 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _peak_rss() -> int:
+def peak_rss_bytes() -> int:
     """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over fork
     and exec, so a child started by a large parent (pytest after parsing a GGUF) would report
     the parent's size."""
@@ -126,7 +126,7 @@ def _child(ns: argparse.Namespace) -> dict[str, Any]:
     tps = asyncio.run(run())
     return {"engine": ns.engine, "context": ns.context, "parallel": sequences,
             "prompt_tokens": n_prompt, "max_tokens": ns.max_tokens, "threads": ns.threads,
-            "start_rss_bytes": start, "loaded_rss_bytes": loaded, "peak_rss_bytes": _peak_rss(),
+            "start_rss_bytes": start, "loaded_rss_bytes": loaded, "peak_rss_bytes": peak_rss_bytes(),
             "load_s": round(load_s, 2), "decode_tokens_per_s": tps}
 
 

@@ -200,7 +200,9 @@ def _measure_here(folder: str, profile: str, tokens: int, threads: int | None) -
         return stats.decode_tokens_per_s if stats else None
 
     tps = asyncio.run(run())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    from gemmakit.catalog.measure import peak_rss_bytes
+
+    peak = peak_rss_bytes()
     return {"rss_added_bytes": loaded, "peak_rss_added_bytes": peak - baseline,
             "load_s": round(load_s, 2),
             "decode_tokens_per_s": round(tps, 2) if tps else None}
