@@ -51,18 +51,42 @@ class LoadPlan:
 
 
 def plan(settings: Settings, *, progress: bool = True) -> LoadPlan:
-    """Resolve `settings.model` (assembling the bundled model on first use) and check that the
-    engine can serve it under the requested profile: an impossible pair fails here, before a
-    model loads, never as a 503 later."""
+    """Resolve `settings.model` (assembling the bundled model on first use), plan the context
+    and parallel sequences for `--fit`, and check that the engine can serve the model under the
+    requested profile: an impossible pair fails here, before a model loads, never as a 503
+    later. The plan's `settings` are the ones to load with."""
     from gemmakit.catalog import resolve
     from gemmakit.engines import engine_class
 
     ref = resolve(settings.model, settings.models_dir, progress=progress)
     cls = engine_class(settings.engine)
+    if settings.fit is not None:
+        settings = fit(settings, ref)
     summary = cls.plan_profile(ref, settings.profile) if settings.profile is not None else None
     if summary is not None:
         log.info("profile: %s", summary)
     return LoadPlan(settings, ref, cls, summary)
+
+
+def fit(settings: Settings, ref: ModelRef) -> Settings:
+    """`--fit`: the settings with the context length and parallel sequences that fit the memory
+    budget (catalog/fit.py), the plan printed before anything loads."""
+    import sys
+
+    from gemmakit.catalog.fit import parse_bytes, plan_fit, profile_quantization
+
+    assert settings.fit is not None
+    given = settings.model_fields_set
+    p = plan_fit(ref.path, parse_bytes(settings.fit), engine=settings.engine,
+                 model_format=ref.format,
+                 context_length=settings.context_length if "context_length" in given else None,
+                 parallel=settings.parallel if "parallel" in given else None,
+                 preferred_parallel=settings.parallel, batch_size=settings.batch_size,
+                 name=ref.name, device="cpu",
+                 quantization=profile_quantization(settings.profile, "cpu"))
+    print(f"gemmakit: {p.summary()}", file=sys.stderr)
+    return settings.model_copy(update={"context_length": p.context_length,
+                                       "parallel": p.parallel})
 
 
 def build_pipeline(engine: Engine, model_name: str, settings: Settings | None = None, *,

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     """Reuse the KV cache of a finished request's prompt prefix (multi-turn chats, shared
     system prompts) instead of recomputing it."""
 
+    fit: str | None = None
+    """Memory budget (8GB, 512MiB): pick --context-length and --parallel that fit it, planned
+    from the model file before loading (the plan is printed; values you set stay fixed)."""
+
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are ended
     with finish_reason "shutdown"."""

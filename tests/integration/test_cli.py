@@ -126,3 +126,19 @@ def test_in_process_callers_go_through_the_pipeline(gemmakit_home, model_path, t
         assert result.completion_tokens == 4 and result.prompt_tokens > 0
     finally:
         gemma.close()
+
+
+def test_serve_fit_plans_context_and_parallel_before_loading(gemmakit_home, model_path, tmp_path):
+    """`gemmakit serve --fit 700MB` prints the plan before it loads, and serves with it."""
+    s = start_server(gemmakit_home, tmp_path, "--fit", "700MB")
+    try:
+        log = s.log_text()
+        assert "--fit 700.00 MB" in log and "--context-length 4096" in log, log
+        parallel = int(log.split("--parallel ")[1].split()[0])
+        card = httpx.get(f"{s.base_url}/v1/models").json()["data"][0]
+        assert card["context_length"] == 4096  # the flag start_server passes stays fixed
+        assert parallel >= 1
+    finally:
+        stop_server(s)
+    r = gk(gemmakit_home, "serve", "--fit", "100MB", "--port", "0")
+    assert r.returncode == 2 and "fit" in r.stderr.lower(), r.stderr

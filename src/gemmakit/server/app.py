@@ -215,5 +215,5 @@ def app_from_settings(settings: Settings) -> FastAPI:
     check its profile now, load the engine in the background."""
     from gemmakit.compose import plan
 
-    p = plan(settings)
-    return create_app(p.served_name, p.load_engine, settings)
+    p = plan(settings)  # with --fit, p.settings hold the planned context and parallel
+    return create_app(p.served_name, p.load_engine, p.settings)
