@@ -59,9 +59,8 @@ class Tally:
 
 
 def _tokenizer(pipeline: Pipeline, use: bool) -> Any:
-    """The engine, when its grammars take token elements (llama.cpp's do)."""
-    engine = pipeline.service.engine
-    return engine if use and engine.name == "llamacpp" else None
+    """The engine, when its grammars take token elements (Capabilities.grammar_tokens)."""
+    return pipeline.grammar_tokenizer if use else None
 
 
 async def _generate(pipeline: Pipeline, plan: ToolPlan, messages: list[dict[str, Any]],
