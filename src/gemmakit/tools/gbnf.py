@@ -14,13 +14,13 @@ can reach still has a completion that fits. Nothing is cut by `max_tokens` any m
 How. The GBNF (written by the JSON-schema converter) is parsed (`parse_gbnf`), turned into a finite
 automaton (rule references inlined; recursion unrolled to `MAX_NESTING` levels, which only removes
 texts), and the automaton is multiplied by the budget: a rule per (state, remaining budget) pair,
-right-linear, so llama.cpp's parser follows one path through it. States whose every continuation
-is short (the closing brackets of a call) keep one unbudgeted rule. Literal runs become token
-elements when a tokenizer is given (`TokenCosts`): `{"name": "get_weather", "parameters": {` costs
-its 12 tokens instead of its 40 bytes, which is what makes small budgets usable.
+right-linear, so llama.cpp's parser follows few paths through it at a time. States whose every
+continuation is short (the closing brackets of a call) keep one unbudgeted rule. Literal runs
+become token elements when a tokenizer is given (`TokenCosts`): `{"name": "get_weather",
+"parameters": {` costs its 12 tokens instead of its 40 bytes, which makes small budgets usable.
 
-The rule count grows with states x budget; `budgeted` lowers the budget (never raises it) to stay
-under `MAX_PAIRS` rules, so a reply can end shorter than max_tokens would allow, never longer.
+The rule count grows with states x budget; `Budgeter.grammar` lowers the budget (never raises it)
+to stay under `MAX_PAIRS` rules, so a reply can end shorter than max_tokens would allow, never longer.
 """
 
 from __future__ import annotations
