@@ -14,23 +14,10 @@ import pytest
 
 from gemmakit.errors import InvalidRequestError
 from gemmakit.tools.chat import ToolPlan
+from tests.integration.test_tools import SCHEMAS, TOOLS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
-WEATHER = {"type": "object", "properties": {
-    "location": {"type": "string"},
-    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-    "required": ["location", "unit"]}
-TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                      "parameters": WEATHER}},
-    {"type": "function", "function": {"name": "calculate_math", "description": "Arithmetic",
-                                      "parameters": {"type": "object", "properties": {
-                                          "expression": {"type": "string"}},
-                                          "required": ["expression"]}}},
-]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What's the weather in Tokyo and in Paris, and what is 17*3?"}]
 CITY = {"type": "object", "properties": {
     "name": {"type": "string"}, "population": {"type": "number", "minimum": 0},
