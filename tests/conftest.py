@@ -45,6 +45,13 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_IDS) + ")"
 _ID_TO_SPECIAL = {v: k for k, v in SPECIAL_IDS.items()}
 
 
+def _char(token: int) -> str:
+    if token < CHAR_BASE:
+        return ""
+    code = token - CHAR_BASE
+    return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
+
+
 class FakeEngine(Engine):
     """Implements the `gemmakit.engines.base.Engine` contract with scripted replies.
 
@@ -140,8 +147,10 @@ class FakeEngine(Engine):
     # --- helpers for assertions ---------------------------------------------------------------
     @staticmethod
     def detokenize(ids: Sequence[int]) -> str:
-        return "".join(_ID_TO_SPECIAL[i] if i in _ID_TO_SPECIAL else chr(i - CHAR_BASE)
-                       for i in ids)
+        """Control tokens as their markup; an id below CHAR_BASE that names none renders as
+        nothing, and one that stands for a surrogate code point as U+FFFD (as a real tokenizer
+        decodes bytes that are not UTF-8)."""
+        return "".join(_ID_TO_SPECIAL[i] if i in _ID_TO_SPECIAL else _char(i) for i in ids)
 
     @staticmethod
     def count_special(ids: Sequence[int], token: str) -> int:
