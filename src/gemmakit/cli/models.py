@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from gemmakit.cli.common import load_settings, settings_flags
@@ -39,9 +40,11 @@ def run(ns: argparse.Namespace) -> int:
     as_json = ns.json
     rows: list[dict[str, Any]] = []
     for ref in local_models(settings.models_dir):
-        facts = describe(ref.path)
+        facts = describe(ref.path) if ref.format == "gguf" else _hf_facts(ref.path)
+        size = (ref.path.stat().st_size if ref.path.is_file()
+                else sum(f.stat().st_size for f in ref.path.iterdir() if f.is_file()))
         rows.append({"name": ref.name, "path": str(ref.path), "format": ref.format,
-                     "size_bytes": ref.path.stat().st_size, "quantization": facts["file_type"],
+                     "size_bytes": size, "quantization": facts["file_type"],
                      "context_length": facts["context_length"], "modalities": facts["modalities"],
                      "architecture": facts["architecture"]})
     if as_json:
@@ -57,6 +60,18 @@ def run(ns: argparse.Namespace) -> int:
                       str(r["architecture"]), r["path"])
     Console().print(table)
     return 0
+
+
+def _hf_facts(folder: Path) -> dict[str, Any]:
+    """The same facts for a Hugging Face folder (a pulled safetensors checkpoint)."""
+    from gemmakit.catalog.local import hf_local
+
+    config = json.loads((folder / "config.json").read_text())
+    m = hf_local(folder)
+    return {"file_type": m.quantization, "context_length": m.trained_context or None,
+            "modalities": ["text", *(["image"] if "vision_config" in config else []),
+                           *(["audio"] if "audio_config" in config else [])],
+            "architecture": (config.get("architectures") or [config.get("model_type")])[0]}
 
 
 def print_catalog(*, as_json: bool) -> int:
