@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "recommend": "gemmakit.cli.recommend",
     "pull": "gemmakit.cli.pull",
     "rm": "gemmakit.cli.rm",
+    "quantize": "gemmakit.cli.quantize",
     "engines": "gemmakit.cli.engines",
     "batch": "gemmakit.cli.batch",
     "bench": "gemmakit.bench.cli",
