@@ -75,7 +75,8 @@ def test_401_on_every_protected_route_without_a_valid_key(secure, keys):
     changed = secret.upper() if secret.upper() != secret else secret.lower()
     for method, path in calls:
         body = None if method != "POST" else (
-            {"model": MODEL, "prompt": "hi"} if path == "/v1/completions" else chat())
+            {"model": MODEL, "prompt": "hi"} if path == "/v1/completions" else
+            {"model": MODEL, "input": "hi"} if path == "/v1/responses" else chat())
         for headers in ({}, bearer(wrong), bearer(changed), {"x-api-key": changed},
                         {"Authorization": secret}, bearer("gk-000000000000-" + "x" * 43)):
             r = c.request(method, path, json=body, headers=headers)
@@ -83,7 +84,9 @@ def test_401_on_every_protected_route_without_a_valid_key(secure, keys):
             assert secret not in r.text and changed not in err["message"]
         # With the key, the request gets past the guard: 200, or for the audio routes (which
         # take multipart uploads, not this JSON body) the route's own 400.
-        ok = {200} if not path.startswith("/v1/audio/") else {400}
+        # A stored response's route answers 404 for the literal "{response_id}".
+        ok = {400} if path.startswith("/v1/audio/") else {404} if "{response_id}" in path \
+            else {200}
         assert c.request(method, path, json=body, headers=bearer(secret)).status_code in ok
         assert c.request(method, path, json=body,
                          headers={"x-api-key": secret}).status_code in ok

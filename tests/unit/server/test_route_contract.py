@@ -44,6 +44,12 @@ class Case:
     """Multipart form fields arrive decoded by the framework (invalid bytes replaced): such a
     route cannot receive a lone surrogate, so its validation case is another bad field."""
     invalid: tuple[dict[str, Any], str] | None = None
+    stream_usage: Callable[[dict[str, Any]], tuple[int, int]] | None = None
+    """(prompt tokens, completion tokens) from the streamed event that carries the usage
+    (default: the event's own `usage`, as `usage` reads a response)."""
+    done_marker: bool = True
+    """Whether a stream ends with `data: [DONE]` (the Responses API's ends with its last
+    event)."""
 
 
 def _json(body: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +70,10 @@ def _audio_usage(r: dict[str, Any]) -> tuple[int, int]:
     return r["usage"]["input_tokens"], r["usage"]["output_tokens"]
 
 
+def _responses_usage(r: dict[str, Any]) -> tuple[int, int]:
+    return r["usage"]["input_tokens"], r["usage"]["output_tokens"]
+
+
 CASES: dict[str, Case] = {
     "/v1/chat/completions": Case(
         lambda text, stream: _json({"model": MODEL, "stream": stream,
@@ -76,6 +86,10 @@ CASES: dict[str, Case] = {
                                     "stream_options": {"include_usage": True} if stream
                                     else None}),
         "prompt", _openai_usage),
+    "/v1/responses": Case(
+        lambda text, stream: _json({"model": MODEL, "input": text, "stream": stream}),
+        "input", _responses_usage, stream_usage=lambda ev: _responses_usage(ev["response"]),
+        done_marker=False),
     "/v1/audio/transcriptions": Case(
         _audio, "prompt", _audio_usage, streams=False, encodable_only=True,
         invalid=({"data": {"model": MODEL, "language": "English"},
@@ -187,12 +201,13 @@ def test_token_accounting_and_metrics(served, path):
         engine.queue_text("a", "b")
         s = httpx.post(f"{base_url}{path}", **case.build("hello again", True))
         events = [line[5:].strip() for line in s.text.splitlines() if line.startswith("data:")]
-        assert events[-1] == "[DONE]"
-        usage = [e for e in events[:-1] if '"usage":{' in e.replace(" ", "")]
+        if case.done_marker:
+            assert events.pop() == "[DONE]"
+        usage = [e for e in events if '"usage":{' in e.replace(" ", "")]
         assert len(usage) == 1
-        u = json.loads(usage[0])["usage"]
-        rows.append((s.headers["x-request-id"], u["prompt_tokens"], u["completion_tokens"]))
-        assert u["completion_tokens"] == 2
+        sp, sc = (case.stream_usage or case.usage)(json.loads(usage[0]))
+        rows.append((s.headers["x-request-id"], sp, sc))
+        assert sc == 2
     text = _metrics(base_url)
     lab = {"model": MODEL}
     assert value(text, "gemmakit_prompt_tokens_total", **lab) == sum(p for _, p, _ in rows)
