@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import re
 import threading
 import time
@@ -27,6 +28,7 @@ from gemmakit.types import (
     GenerationRequest,
     ImagePart,
     MediaEncoding,
+    TokenLogprob,
 )
 
 # Control tokens get small ids (as in Gemma's vocabulary: <eos> 1, <bos> 2, <start_of_turn> 105,
@@ -105,6 +107,8 @@ class FakeEngine(Engine):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
         reply = self._replies.popleft() if self._replies else self.default_reply
+        if request.sampling.prompt_logprobs is not None:
+            reply = self._scored(request, reply)
         done = False
         try:
             for item in reply:
@@ -117,6 +121,21 @@ class FakeEngine(Engine):
         finally:
             if not done:
                 self.cancelled.append(request.request_id)
+
+    @staticmethod
+    def _scored(request: GenerationRequest, reply: list[Chunk | BaseException]
+                ) -> list[Chunk | BaseException]:
+        """A scored prompt (`prompt_logprobs`): every prompt token after the first at logprob
+        -1.0 on the first chunk; with max_tokens 0 that chunk ends the reply."""
+        scored = [TokenLogprob(_char(t), -1.0, list(_char(t).encode()))
+                  for t in request.prompt_tokens[1:]]
+        if request.sampling.max_tokens == 0:
+            return [Chunk(finish_reason="length", prompt_logprobs=scored,
+                          stats=ChunkStats(prompt_tokens=len(request.prompt_tokens)))]
+        first = reply[0]
+        if not isinstance(first, Chunk):
+            return reply
+        return [dataclasses.replace(first, prompt_logprobs=scored), *reply[1:]]
 
     def health(self) -> EngineHealth:
         return EngineHealth(ok=self.healthy, detail="" if self.healthy else "broken")

@@ -126,6 +126,8 @@ class Delta:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+    """On a choice's first delta, when the prompt is scored (see Chunk.prompt_logprobs)."""
 
 
 @dataclass
@@ -442,7 +444,7 @@ class Run:
             async for i, chunk in chunks:
                 if tools is None:
                     yield Delta(i, chunk.text, chunk.token_ids, chunk.logprobs, [],
-                                chunk.finish_reason)
+                                chunk.finish_reason, chunk.prompt_logprobs)
                     continue
                 text = tools[i].feed(chunk.text) if chunk.text else ""
                 if chunk.finish_reason is None:

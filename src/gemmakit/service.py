@@ -59,9 +59,13 @@ class ChoiceResult:
     content: str | None = None
     """The reply's content once its tool calls are parsed out (the pipeline fills it in)."""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
+    """The scored prompt's logprobs (prompt tokens after the first), when asked for."""
 
     def add(self, chunk: Chunk) -> None:
         """Append one of the choice's chunks."""
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
         self.text += chunk.text
         self.token_ids += chunk.token_ids
         self.logprobs += chunk.logprobs

@@ -19,6 +19,8 @@ MinP = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]  # presence / frequency
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0)]
 MaxTokens = Annotated[int, Field(ge=1)]
+ScoreTokens = Annotated[int, Field(ge=0)]
+"""A completion's max_tokens: 0 (score the prompt only) is allowed with `echo`."""
 NChoices = Annotated[int, Field(ge=1, le=16)]
 TopLogprobs = Annotated[int, Field(ge=0, le=20)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
@@ -30,8 +32,9 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    max_tokens: MaxTokens | None = None
-    """Most tokens to generate (default: until the context is full)."""
+    max_tokens: ScoreTokens | None = None
+    """Most tokens to generate (default: until the context is full); 0 generates nothing and
+    only scores the prompt (with `prompt_logprobs`)."""
     temperature: Temperature = 1.0
     """Sampling temperature, 0 to 2; 0 is greedy."""
     top_p: TopP = 1.0
@@ -54,6 +57,10 @@ class SamplingParams(BaseModel):
     """Return the log-probability of each generated token."""
     top_logprobs: TopLogprobs = 0
     """Also return this many most likely alternatives per token."""
+    prompt_logprobs: TopLogprobs | None = None
+    """Also return the log-probability of every prompt token after the first, given the ones
+    before it, with this many alternatives (vLLM's field; `echo` on /v1/completions). The
+    prompt is then computed afresh (its cached prefix cannot give its logits)."""
     ignore_eos: bool = False
     """Keep generating past end-of-generation tokens (benchmarks; vLLM's extra field)."""
     logit_bias: dict[int, float] = Field(default_factory=dict)
@@ -185,6 +192,9 @@ class Chunk:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     stats: ChunkStats | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+    """With `prompt_logprobs` asked for, on the sequence's first chunk: one entry per prompt
+    token after the first (the first has nothing before it to be predicted from)."""
 
 
 @dataclass(frozen=True)

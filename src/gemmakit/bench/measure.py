@@ -64,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--plot", metavar="PNG", help="Write a throughput/latency plot.")
     p.add_argument("--prefix-reuse", action="store_true",
                    help="Time to first token per turn of a multi-turn chat, prefix cache on/off.")
+    p.add_argument("--scoring", action="store_true",
+                   help="Scoring a --prompt-tokens prompt (echo with logprobs: every prompt "
+                        "token's logprob) against its plain prefill, on --engine.")
+    p.add_argument("--engine", default="llamacpp",
+                   help="With --scoring: the engine to measure (llamacpp, transformers).")
 
 
 def _peak_rss_bytes() -> int:
@@ -338,6 +343,14 @@ def run(ns: argparse.Namespace) -> int:
            "repeats": ns.repeats, "ttft_requests": ns.ttft_requests,
            "parallel": ns.parallel or settings.parallel}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
+    if ns.scoring:
+        from gemmakit.bench.scoring import run_scoring
+
+        engine_settings = settings.model_copy(update={
+            "model": ns.model, "engine": ns.engine, "threads": ns.threads,
+            "context_length": ns.context_length, "parallel": 1})
+        print(json.dumps(run_scoring(engine_settings, ns.prompt_tokens, ns.repeats), indent=2))
+        return 0
     if ns.prefix_reuse:
         from gemmakit.bench.prefix import run_prefix
 

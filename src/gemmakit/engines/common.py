@@ -7,12 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from gemmakit.errors import ContextLengthExceededError
 from gemmakit.text import StopMatcher, Utf8Stream
-from gemmakit.types import Chunk, ChunkStats, FinishReason, GenerationRequest
+from gemmakit.types import (
+    Chunk,
+    ChunkStats,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+)
 
 
 @dataclass(eq=False)
@@ -32,12 +41,13 @@ class Pending:
 
 
 def generation_budget(request: GenerationRequest, context_length: int) -> int:
-    """How many tokens `request` may generate: its max_tokens, or all the room its context leaves.
+    """How many tokens `request` may generate: its max_tokens (0: it only scores its prompt), or
+    all the room its context leaves.
     Raises ContextLengthExceededError when the prompt, or the prompt plus max_tokens, cannot fit:
     nothing is ever truncated."""
     n_prompt = len(request.prompt_tokens)
     room = context_length - n_prompt
-    max_tokens = request.sampling.max_tokens or room
+    max_tokens = room if request.sampling.max_tokens is None else request.sampling.max_tokens
     if n_prompt == 0 or room <= 0 or max_tokens > room:
         raise ContextLengthExceededError(prompt_tokens=n_prompt,
                                          max_tokens=request.sampling.max_tokens,
@@ -102,3 +112,54 @@ def emit_threadsafe(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
     """Hand `item` from a worker thread to a consumer's queue on its event loop."""
     with contextlib.suppress(RuntimeError):  # the consumer's event loop is already closed
         loop.call_soon_threadsafe(queue.put_nowait, item)
+
+
+def scored_tokens(logits: np.ndarray, targets: Sequence[int], top_n: int,
+                  piece: Callable[[int], bytes], scratch: np.ndarray | None = None
+                  ) -> list[TokenLogprob]:
+    """Each target token's log-probability under the raw distribution of its row of `logits`
+    (shape (len(targets), n_vocab), not modified), with the `top_n` most likely tokens of the
+    row: the prompt logprobs of a scored (echoed) prompt, row k predicting targets[k].
+    `scratch`: a float32 buffer of at least that shape, reused across calls (a fresh 64 MB one
+    per chunk costs its page faults again each time)."""
+    rows = np.asarray(logits, dtype=np.float32)
+    k = len(targets)
+    if k == 0:
+        return []
+    at = np.arange(k)
+    if top_n == 1:
+        best = rows.argmax(axis=1)
+        m = rows[at, best]
+    else:
+        m = rows.max(axis=1)
+    buf = scratch[:k] if scratch is not None and scratch.shape[0] >= k \
+        and scratch.shape[1] == rows.shape[1] else np.empty_like(rows)
+    if -80.0 < m.min() and m.max() < 60.0:
+        # exp without shifting by the row maximum: no overflow (262144 * e^60 < 3.4e38) and
+        # the maximum cannot underflow, so the log-sum-exp is as exact in one pass less
+        np.exp(rows, out=buf)
+        lse = np.log(buf.sum(axis=1, dtype=np.float64))
+    else:
+        np.subtract(rows, m[:, None], out=buf)
+        np.exp(buf, out=buf)
+        lse = m.astype(np.float64) + np.log(buf.sum(axis=1, dtype=np.float64))
+    chosen = rows[at, np.asarray(targets)] - lse
+    if top_n == 0:
+        top = np.empty((k, 0), dtype=np.int64)
+    elif top_n == 1:
+        top = best[:, None]
+    else:
+        part = np.argpartition(-rows, top_n, axis=1)[:, :top_n]
+        order = np.argsort(-np.take_along_axis(rows, part, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(part, order, axis=1)
+
+    def entry(tok: int, logprob: float) -> TopLogprob:
+        b = piece(tok)
+        return TopLogprob(b.decode("utf-8", "replace"), logprob, list(b))
+
+    out = []
+    for r, t in enumerate(targets):
+        e = entry(int(t), float(chosen[r]))
+        alts = tuple(entry(int(a), float(rows[r, a] - lse[r])) for a in top[r])
+        out.append(TokenLogprob(e.token, e.logprob, e.bytes, alts))
+    return out

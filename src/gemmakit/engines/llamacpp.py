@@ -21,12 +21,18 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gemmakit.engines.base import Engine
-from gemmakit.engines.common import Pending, TokenText, finish_stats, generation_budget
+from gemmakit.engines.common import (
+    Pending,
+    TokenText,
+    finish_stats,
+    generation_budget,
+    scored_tokens,
+)
 from gemmakit.errors import (
     ConfigError,
     EngineError,
@@ -55,6 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("gemmakit.engine.llamacpp")
 
 MIN_PREFIX_REUSE = 32  # tokens: shorter shared prefixes are recomputed
+SCORE_ROWS = 64
+"""Prompt positions whose logits one decode computes for scored prompts (`prompt_logprobs`):
+llama.cpp keeps a float logits row of the whole vocabulary per position (1 MB for Gemma's 262k),
+so a scored prompt is prefilled in chunks of at most this many tokens."""
 
 _llama = None
 
@@ -137,6 +147,11 @@ class _Sequence(Pending):
     t_start: float = 0.0
     t_first: float | None = None
     group: object = None  # shared by the sequences of one submit() call (a request's n choices)
+    prompt_lp: list[TokenLogprob] | None = None  # a scored prompt's logprobs, until sent
+
+    @property
+    def scoring(self) -> bool:
+        return self.request.sampling.prompt_logprobs is not None
 
     @property
     def prefilling(self) -> bool:
@@ -213,7 +228,8 @@ class LlamaCppEngine(Engine):
     def __init__(self, model_path: str | Path, *, context_length: int | None = None,
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
                  max_queue: int = 64, prefill_chunk: int = 128, prefix_cache: bool = True,
-                 flash_attention: bool = False) -> None:
+                 flash_attention: bool = False, kv_cache_type: str = "f16",
+                 extra_buffers: bool = True) -> None:
         ll = _lib()
         self._ll = ll
         self.model_path = Path(model_path)
@@ -226,6 +242,9 @@ class LlamaCppEngine(Engine):
                                          grammar_tokens=True)
 
         mparams = ll.llama_model_default_params()
+        # Extra buffer types hold repacked copies of the weights for faster CPU kernels (x86:
+        # Q4_0/Q4_K/IQ4_NL interleaved); off, the mmapped file is used as it is.
+        mparams.use_extra_bufts = extra_buffers
         self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not self._model:
             raise ConfigError(f"llama.cpp could not load the model file {self.model_path.name}")
@@ -252,6 +271,10 @@ class LlamaCppEngine(Engine):
         cparams.n_threads_batch = self.threads
         cparams.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
                                    else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        if kv_cache_type != "f16":  # a quantized V cache needs flash attention in llama.cpp
+            if not flash_attention:
+                raise ConfigError(f"a {kv_cache_type} KV cache needs flash attention")
+            cparams.type_k = cparams.type_v = _KV_TYPES[kv_cache_type](ll)
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             ll.llama_model_free(self._model)
@@ -269,6 +292,7 @@ class LlamaCppEngine(Engine):
         self.eog_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
         self._pieces: dict[int, bytes] = {}
+        self._score_buf: np.ndarray | None = None  # scratch for scored prompts (worker only)
         self._piece_buf = ctypes.create_string_buffer(256)
 
         # Shared between the event loop (submit) and the worker (admit): guarded by _cond.
@@ -289,10 +313,19 @@ class LlamaCppEngine(Engine):
         if model.format != "gguf":
             raise ConfigError(f"the llamacpp engine loads GGUF files; '{model.name}' is "
                               f"{model.format} (use --engine transformers)")
+        plan = (llamacpp_plan(settings.profile, _file_type_of(model.path))
+                if settings.profile else None)
+        small = plan.runtime if plan else {}
+        batch_size = settings.batch_size
+        if "batch_size" in small and "batch_size" not in settings.model_fields_set:
+            batch_size = small["batch_size"]
         return cls(model.path, context_length=settings.context_length,
-                   threads=settings.threads, batch_size=settings.batch_size,
+                   threads=settings.threads, batch_size=batch_size,
                    parallel=settings.parallel, max_queue=settings.max_queue,
-                   prefill_chunk=settings.prefill_chunk, prefix_cache=settings.prefix_cache)
+                   prefill_chunk=settings.prefill_chunk, prefix_cache=settings.prefix_cache,
+                   flash_attention=small.get("flash_attention", False),
+                   kv_cache_type=small.get("kv_cache_type", "f16"),
+                   extra_buffers=small.get("extra_buffers", True))
 
     @classmethod
     def plan_profile(cls, model: ModelRef, profile: str) -> str:
@@ -515,7 +548,7 @@ class LlamaCppEngine(Engine):
                      if s.slot is not None})
 
         def reusable(seq_id: int) -> int:
-            if not self.prefix_cache:
+            if not self.prefix_cache or seq.scoring:  # a scored prompt needs every logit
                 return 0
             n = _common_prefix(held[seq_id], prompt)
             # A prompt the cache holds whole (a retry, a regenerated reply) is computed afresh:
@@ -546,6 +579,7 @@ class LlamaCppEngine(Engine):
         seq.slot = target
         seq.n_past = seq.n_prompt_done = seq.cached_prompt = keep
         target.cached = []
+        seq.prompt_lp = [] if seq.scoring else None
         seq.t_start = time.perf_counter()
         seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
         self._active.append(seq)
@@ -613,9 +647,15 @@ class LlamaCppEngine(Engine):
         if prefilling:
             any_decoding = any(not s.prefilling for s in self._active)
             budget = self.prefill_chunk if any_decoding else self.batch_size
+            rows = SCORE_ROWS  # logits rows left in this decode for scored prompts
             plan = []
             for seq in prefilling:
                 take = min(budget, len(seq.request.prompt_tokens) - seq.n_prompt_done)
+                if seq.scoring:
+                    take = min(take, rows)
+                    rows -= take
+                if take <= 0:
+                    continue
                 plan.append((seq, take))
                 budget -= take
                 if budget <= 0:
@@ -633,6 +673,7 @@ class LlamaCppEngine(Engine):
         one micro-batch."""
         n = 0
         sample_at: list[tuple[_Sequence, int]] = []  # (sequence, batch index of its logits)
+        scored: list[tuple[_Sequence, int, int, int]] = []  # (seq, batch index, position, rows)
         for seq, take in sorted(plan, key=lambda item: _seq_id(item[0])):
             seq_id = _seq_id(seq)
             if not seq.prefilling:
@@ -644,7 +685,9 @@ class LlamaCppEngine(Engine):
             prompt = seq.request.prompt_tokens
             for j in range(take):
                 self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j, seq_id,
-                                False)
+                                seq.scoring)
+            if seq.scoring:
+                scored.append((seq, n, seq.n_prompt_done, take))
             n += take
             seq.n_past += take
             seq.n_prompt_done += take
@@ -664,11 +707,19 @@ class LlamaCppEngine(Engine):
                     self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                     slot.cached = []
             return
+        for seq, idx, pos, k in scored:
+            try:
+                self._score(seq, idx, pos, k)
+            except Exception as e:
+                self._fail_sequence(seq, e, "scoring its prompt")
         # One wake-up of each consumer event loop per step, not one per token.
         out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Chunk]]] = {}
         for seq, idx in sample_at:
+            if seq.slot is None or seq not in self._active:
+                continue  # failed while scoring
             try:
-                chunk = self._sample(seq, idx)
+                chunk = self._finish_scoring(seq) if seq.max_tokens == 0 else \
+                    self._sample(seq, idx)
             except Exception as e:  # sampling, grammar or detokenizing this one sequence
                 self._fail_sequence(seq, e, "sampling")
                 continue
@@ -685,6 +736,34 @@ class LlamaCppEngine(Engine):
         b.n_seq_id[i] = 1
         b.seq_id[i][0] = seq_id
         b.logits[i] = logits
+
+    def _score(self, seq: _Sequence, idx: int, pos: int, k: int) -> None:
+        """Add the logprobs of the prompt tokens that the `k` logits rows from batch index `idx`
+        (prompt positions pos..pos+k-1) predict; the prompt's last row predicts the first
+        generated token instead, and is sampled as usual."""
+        assert seq.prompt_lp is not None
+        prompt = seq.request.prompt_tokens
+        targets = prompt[pos + 1: pos + k + 1]
+        ptr = self._ll.llama_get_logits_ith(self._ctx, idx)
+        rows = np.ctypeslib.as_array(ptr, shape=(k, self.n_vocab))[: len(targets)]
+        if self._score_buf is None:  # allocated on first use: 64 MB, kept for the next
+            self._score_buf = np.empty((SCORE_ROWS, self.n_vocab), dtype=np.float32)
+        seq.prompt_lp += scored_tokens(rows, targets,
+                                       seq.request.sampling.prompt_logprobs or 0,
+                                       self.token_piece, self._score_buf)
+
+    def _finish_scoring(self, seq: _Sequence) -> Chunk | None:
+        """The end of a sequence that generates nothing (max_tokens 0): its prompt scored."""
+        if seq.cancelled:
+            return None
+        now = time.perf_counter()
+        chunk = Chunk(finish_reason="length", stats=self._stats(seq, now),
+                      prompt_logprobs=seq.prompt_lp)
+        seq.prompt_lp = None
+        with self._cond:
+            self._retire_locked(seq)
+            self._finish_times.append(now)
+        return chunk
 
     def _sample(self, seq: _Sequence, idx: int) -> Chunk | None:
         """Sample `seq`'s next token from the logits at batch index `idx`; the chunk to send."""
@@ -704,7 +783,8 @@ class LlamaCppEngine(Engine):
             seq.t_first = now
         seq.generated.append(token)
 
-        chunk = Chunk(token_ids=[token])
+        chunk = Chunk(token_ids=[token], prompt_logprobs=seq.prompt_lp)
+        seq.prompt_lp = None
         if logprob is not None:
             chunk.logprobs.append(logprob(token))
         assert seq.text is not None
@@ -885,9 +965,17 @@ _GGUF_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_
               "Q5_K_S": 5.5, "Q5_0": 5.5, "Q5_1": 6, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_0": 4.5,
               "Q4_1": 5, "Q3_K_M": 3.9, "Q3_K_S": 3.5, "Q3_K_L": 4.3, "Q2_K": 3.4,
               "IQ4_XS": 4.3, "IQ4_NL": 4.5}
-# The bits per weight each profile stands for (4 / 8 / 16), as a band of GGUF types.
+# The bits per weight each profile stands for (4 / 8 / 16), as a band of GGUF types. `edge`
+# takes the file as it is (any type): its footprint comes from the runtime settings below.
 _PROFILE_BANDS = {"max-efficiency": (0.0, 5.0), "balanced": (5.0, 9.0),
-                  "performance": (9.0, 33.0)}
+                  "performance": (9.0, 33.0), "edge": (0.0, 33.0)}
+# The llama.cpp runtime settings of each profile (edge: the smallest footprint). A 128-token
+# ubatch keeps the compute buffer (ubatch x vocabulary logits, f32) small; a q8_0 KV cache
+# (which needs flash attention) halves the cache; no repacked weight copies (slower decode).
+_PROFILE_RUNTIME: dict[str, dict[str, Any]] = {
+    "edge": {"batch_size": 128, "flash_attention": True, "kv_cache_type": "q8_0",
+             "extra_buffers": False}}
+_KV_TYPES = {"q8_0": lambda ll: ll.GGML_TYPE_Q8_0, "f16": lambda ll: ll.GGML_TYPE_F16}
 
 
 @dataclass(frozen=True)
@@ -896,10 +984,18 @@ class GgufPlan:
     file_type: str
     bits: float | None
     note: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    """Engine settings the profile sets (batch_size, flash_attention, kv_cache_type,
+    extra_buffers); batch_size only where --batch-size is not given."""
 
     @property
     def summary(self) -> str:
         s = f"{self.profile} on llama.cpp: {self.file_type} (the file's own type)"
+        if self.runtime:
+            r = self.runtime
+            s += (f", {r['kv_cache_type']} KV cache with flash attention, batch "
+                  f"{r['batch_size']}, {'repacked' if r['extra_buffers'] else 'no repacked'} "
+                  "weight copies")
         return f"{s}; {self.note}" if self.note else s
 
 
@@ -917,4 +1013,4 @@ def llamacpp_plan(profile: str, file_type: str | None) -> GgufPlan:
         note = (f"the profile asks for {want} weights; re-quantization is a separate step "
                 "(llama-quantize, or convert_hf_to_gguf.py from the original checkpoint), not a "
                 "load option")
-    return GgufPlan(profile, ft, bits, note)
+    return GgufPlan(profile, ft, bits, note, dict(_PROFILE_RUNTIME.get(profile, {})))

@@ -19,8 +19,16 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gemmakit.engines.base import Engine
-from gemmakit.engines.common import Pending, TokenText, finish_stats, generation_budget
+from gemmakit.engines.common import (
+    Pending,
+    TokenText,
+    finish_stats,
+    generation_budget,
+    scored_tokens,
+)
 from gemmakit.errors import (
     ConfigError,
     EngineError,
@@ -47,6 +55,10 @@ if TYPE_CHECKING:
     from gemmakit.settings import Settings
 
 log = logging.getLogger("gemmakit.engine.transformers")
+
+SCORE_ROWS = 64
+"""A scored prompt (`prompt_logprobs`) is prefilled in chunks of this many tokens, so that its
+float logits (1 MB a position over Gemma's 262k vocabulary) never all exist at once."""
 
 # SentencePiece byte-fallback pieces: "<0x0A>" stands for the byte 0x0A.
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -328,16 +340,27 @@ class TransformersEngine(Engine):
                           banned=stop_ids if sp.ignore_eos else frozenset())
         token_text = TokenText(sp.stop, job.max_tokens)
         t_start = time.perf_counter()
-        logits, cache = self._forward(**self._prefill_inputs(req))
+        scored: list[TokenLogprob] | None = None
+        if sp.prompt_logprobs is None:
+            logits, cache = self._forward(**self._prefill_inputs(req))
+        else:
+            logits, cache, scored = self._prefill_scored(req, sp.prompt_logprobs)
         t_first: float | None = None
         generated = 0
+        if job.max_tokens == 0:  # the prompt scored, nothing to generate
+            job.emit(Chunk(finish_reason="length", prompt_logprobs=scored, stats=finish_stats(
+                prompt_tokens=len(req.prompt_tokens), completion_tokens=0,
+                t_submit=job.t_submit, t_start=t_start, t_first=None,
+                now=time.perf_counter())))
+            return
         while not job.cancelled:
             logprob = self._logprob_fn(logits, sp.top_logprobs) if sp.logprobs else None
             token = sampler(logits)
             now = time.perf_counter()
             t_first = t_first or now
             generated += 1
-            chunk = Chunk(token_ids=[token])
+            chunk = Chunk(token_ids=[token], prompt_logprobs=scored)
+            scored = None
             if logprob is not None:
                 chunk.logprobs.append(logprob(token))
             stop = token in stop_ids and not sp.ignore_eos  # no text of its own
@@ -354,6 +377,33 @@ class TransformersEngine(Engine):
             logits, cache = self._forward(
                 input_ids=torch.tensor([[token]], device=self.model.device),
                 past_key_values=cache)
+
+    def _prefill_scored(self, req: GenerationRequest, top_n: int
+                        ) -> tuple[Any, Any, list[TokenLogprob]]:
+        """The prompt's forward with its logits at every position: the last position's logits,
+        the cache, and the logprob of every prompt token after the first. A text prompt goes in
+        chunks of SCORE_ROWS over the cache; one with media in a single pass (its image tokens
+        attend to each other, so it cannot be split)."""
+        torch = _torch()
+        ids = req.prompt_tokens
+        inputs = self._prefill_inputs(req)
+        scored: list[TokenLogprob] = []
+        step = SCORE_ROWS if len(inputs) == 1 else len(ids)
+        cache = None
+        last = None
+        scratch = np.empty((min(step, len(ids)), self.n_vocab), dtype=np.float32)
+        for start in range(0, len(ids), step):
+            chunk_inputs = inputs if step == len(ids) else {
+                "input_ids": torch.tensor([ids[start:start + step]], device=self.model.device)}
+            out = self.model(use_cache=True, logits_to_keep=0, past_key_values=cache,
+                             **chunk_inputs)
+            cache = out.past_key_values
+            rows = out.logits[0].float().cpu()
+            targets = ids[start + 1:start + step + 1]
+            scored += scored_tokens(rows[:len(targets)].numpy(), targets, top_n,
+                                    self.token_piece, scratch)
+            last = rows[-1]
+        return last, cache, scored
 
     def _logprob_fn(self, logits: Any, top_n: int):
         """Log-probabilities of the raw distribution (before sampling transforms, as the llama.cpp

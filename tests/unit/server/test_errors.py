@@ -132,7 +132,7 @@ def test_semantic_sampling_errors(make_client):
     assert_openai_error(c.post(CHAT, json=chat_body(tools=[{"type": "function", "function": {
         "name": "not a name", "parameters": {}}}])), 400, param="tools[0].function.name")
     assert_openai_error(c.post("/v1/completions", json={
-        "model": MODEL, "prompt": "x", "echo": True}), 400, param="echo")
+        "model": MODEL, "prompt": "x", "max_tokens": 0}), 400, param="max_tokens")
 
 
 def test_image_to_a_text_only_model_is_unsupported(make_client):

@@ -39,9 +39,22 @@ def refused_field(exc: ValidationError) -> tuple:
     ("repetition_penalty", 0), ("temperature", "hot"),
 ])
 def test_out_of_range_values_rejected(make, field, value):
+    if make is completion and (field, value) == ("max_tokens", 0):
+        # a completion may ask for 0 tokens, to score its prompt with echo; without it, 400
+        with pytest.raises(InvalidRequestError) as e:
+            completion(max_tokens=0).check_supported()
+        assert e.value.param == "max_tokens"
+        completion(max_tokens=0, echo=True).check_supported()
+        return
     with pytest.raises(ValidationError) as ei:
         make(**{field: value})
     assert refused_field(ei.value)[0] == field
+
+
+def test_echo_with_logprobs_asks_the_engine_to_score_the_prompt():
+    assert completion(echo=True, logprobs=3).sampling().prompt_logprobs == 3
+    assert completion(echo=True).sampling().prompt_logprobs is None
+    assert completion(logprobs=3).sampling().prompt_logprobs is None
 
 
 @pytest.mark.parametrize("make", [chat, completion])
@@ -190,7 +203,7 @@ def test_tools_and_response_format_are_left_to_the_tool_plan():
     chat().check_supported()
 
 
-@pytest.mark.parametrize("field, value", [("echo", True), ("suffix", "end"), ("best_of", 3)])
+@pytest.mark.parametrize("field, value", [("suffix", "end"), ("best_of", 3)])
 def test_completion_unsupported_fields_refused(field, value):
     with pytest.raises(InvalidRequestError) as ei:
         completion(**{field: value}).check_supported()
@@ -200,6 +213,7 @@ def test_completion_unsupported_fields_refused(field, value):
 def test_completion_supported_fields_pass():
     completion(best_of=2, n=2).check_supported()
     completion(echo=False, suffix="").check_supported()
+    completion(echo=True, logprobs=1, max_tokens=0).check_supported()
 
 
 # --- prompts() --------------------------------------------------------------------------------
