@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gemmakit.errors import ConfigError
+
 if TYPE_CHECKING:
     from gemmakit.catalog import ModelRef
     from gemmakit.engines.base import Engine
@@ -44,6 +46,29 @@ class LoadPlan:
         """Load the engine (blocking; may take seconds)."""
         return self.engine_class.from_settings(self.model, self.settings)
 
+    def memory_bytes(self) -> int | None:
+        """The catalog's estimate of this model's memory once loaded, at its context and
+        --parallel (catalog/fit.py); None where no estimate can be made (an engine or a file
+        the catalog does not describe)."""
+        from gemmakit.catalog.fit import DEFAULT_CONTEXT_CAP, plan_fit, profile_quantization
+        from gemmakit.catalog.local import gguf_local, hf_local
+
+        s, ref = self.settings, self.model
+        try:
+            if s.context_length is not None:
+                context = s.context_length
+            else:
+                lm = gguf_local(ref.path, ref.name) if ref.format == "gguf" else \
+                    hf_local(ref.path, name=ref.name)
+                context = min(lm.trained_context or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+            p = plan_fit(ref.path, 1 << 62, engine=s.engine, model_format=ref.format,
+                         context_length=context, parallel=s.parallel, batch_size=s.batch_size,
+                         name=ref.name, quantization=profile_quantization(s.profile, "cpu"))
+        except Exception as e:  # the estimate is advice: a model it cannot describe still loads
+            log.info("%s: no memory estimate (%s: %s)", self.served_name, type(e).__name__, e)
+            return None
+        return p.memory_bytes
+
     def pipeline(self, engine: Engine, *, safety: Safety | None = None,
                  sinks: Sequence[Sink] = ()) -> Pipeline:
         return build_pipeline(engine, self.served_name, self.settings, safety=safety,
@@ -58,7 +83,14 @@ def plan(settings: Settings, *, progress: bool = True) -> LoadPlan:
     from gemmakit.catalog import resolve
     from gemmakit.engines import engine_class
 
-    ref = resolve(settings.model, settings.models_dir, progress=progress)
+    name, spec = split_model(settings.model)
+    if name is not None:
+        if settings.served_model_name is not None and settings.served_model_name != name:
+            raise ConfigError(f"--model {settings.model} names the model '{name}' and "
+                              f"--served-model-name says '{settings.served_model_name}': "
+                              "give the name once")
+        settings = settings.model_copy(update={"model": spec, "served_model_name": name})
+    ref = resolve(spec, settings.models_dir, progress=progress)
     cls = engine_class(settings.engine)
     if settings.fit is not None:
         settings = fit(settings, ref)
@@ -66,6 +98,33 @@ def plan(settings: Settings, *, progress: bool = True) -> LoadPlan:
     if summary is not None:
         log.info("profile: %s", summary)
     return LoadPlan(settings, ref, cls, summary)
+
+
+def split_model(spec: str) -> tuple[str | None, str]:
+    """`--model NAME=MODEL` -> (NAME, MODEL); `MODEL` -> (None, MODEL). NAME is the id the API
+    serves the model as; it has no '/' (so a path such as ./a=b.gguf stays a path)."""
+    name, sep, model = spec.partition("=")
+    if sep and name and model and "/" not in name and "\\" not in name:
+        return name, model
+    return None, spec
+
+
+def plan_all(settings: Settings, *, progress: bool = True) -> list[LoadPlan]:
+    """One plan per served model: `settings.model`, then `settings.models` (`gemmakit serve
+    --model A --model B`), each planned alone (its own --fit plan too). Two models may not be
+    served under one name."""
+    specs = [settings.model, *settings.models]
+    if len(specs) > 1 and settings.served_model_name is not None:
+        raise ConfigError("--served-model-name names one model; with several, name each with "
+                          "--model NAME=MODEL")
+    plans = [plan(settings.model_copy(update={"model": s, "models": []}), progress=progress)
+             for s in specs]
+    names = [p.served_name for p in plans]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"two models would be served as '{n}'; name them apart with "
+                              "--model NAME=MODEL")
+    return plans
 
 
 def fit(settings: Settings, ref: ModelRef) -> Settings:

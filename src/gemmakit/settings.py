@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -86,6 +86,44 @@ class Settings(BaseSettings):
     fit: str | None = None
     """Memory budget (8GB, 512MiB): pick --context-length and --parallel that fit it, planned
     from the model file before loading (the plan is printed; values you set stay fixed)."""
+
+    models: list[str] = Field(default_factory=list)
+    """More models served by the same server, each MODEL or NAME=MODEL (`gemmakit serve`
+    takes them as further --model flags; TOML: models = [...])."""
+
+    max_loaded_models: int | None = Field(default=None, ge=1)
+    """Most models loaded at once (default: no limit); loading another unloads the least
+    recently used idle one."""
+
+    keep_alive: str | None = None
+    """How long a model stays loaded after its last request, as Ollama takes it: 5m, 30s, 1h,
+    a number of seconds, 0 (unload right after each request), negative (for ever: the default).
+    A request's own keep_alive field overrides it."""
+
+    max_memory: str | None = None
+    """Memory budget (8GB, 512MiB) for the loaded models together, by the catalog's estimate of
+    each; loading another unloads the least recently used idle ones (default: no budget)."""
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            from gemmakit.server.models_registry import parse_duration
+
+            parse_duration(v)  # a ValueError names the problem
+        return v
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_size(cls, v: str | None) -> str | None:
+        if v is not None:
+            from gemmakit.catalog.fit import parse_bytes
+
+            try:
+                parse_bytes(v)
+            except GemmakitError as e:
+                raise ValueError(e.message) from None
+        return v
 
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are ended
@@ -165,14 +203,24 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _model_in_allowed_dirs(self) -> Settings:
         # Checked before anything loads: a symlink or '..' cannot lead --model out of model_dirs.
-        if self.model_dirs and (Path(self.model).suffix or "/" in self.model):
-            from gemmakit.safety.paths import confine
-
-            try:
-                self.model = str(confine(self.model, self.model_dirs))
-            except GemmakitError as e:
-                raise ValueError(f"model: {e.message}") from None
+        if self.model_dirs:
+            self.model = self._confined(self.model, "model")
+            self.models = [self._confined(m, "models") for m in self.models]
         return self
+
+    def _confined(self, spec: str, field: str) -> str:
+        from gemmakit.compose import split_model
+
+        name, model = split_model(spec)  # NAME=MODEL: the path is MODEL
+        if not (Path(model).suffix or "/" in model):
+            return spec
+        from gemmakit.safety.paths import confine
+
+        try:
+            path = str(confine(model, self.model_dirs))
+        except GemmakitError as e:
+            raise ValueError(f"{field}: {e.message}") from None
+        return path if name is None else f"{name}={path}"
 
     # --- media and the transformers engine (docs/transformers.md) ------------------------
     profile: Literal["max-efficiency", "balanced", "performance"] | None = None

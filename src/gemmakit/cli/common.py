@@ -16,10 +16,11 @@ ENGINE_FLAGS = ("home", "model", "engine", "context_length", "threads", "batch_s
 SAMPLING_SKIP = ("n", "logprobs", "top_logprobs", "logit_bias")
 
 
-def settings_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+def settings_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                   skip: tuple[str, ...] = ()) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML settings file (flags override it; it "
                    "overrides GEMMAKIT_* environment variables).")
-    add_model_flags(p, Settings, only=only)
+    add_model_flags(p, Settings, only=only, skip=skip)
 
 
 def load_settings(ns: argparse.Namespace) -> Settings:

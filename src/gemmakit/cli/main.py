@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "batch": "gemmakit.cli.batch",
     "bench": "gemmakit.bench.cli",
     "top": "gemmakit.cli.top",
+    "ps": "gemmakit.cli.ps",
     "eval": "gemmakit.cli.eval",
     "keys": "gemmakit.cli.keys",
     "usage": "gemmakit.cli.usage",

@@ -13,10 +13,20 @@ log = logging.getLogger("gemmakit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    settings_flags(p)
+    p.add_argument("--model", action="append", metavar="[NAME=]MODEL",
+                   help="Model to serve: a catalog alias (gemma-3-270m), a pulled model or a "
+                   "path to a .gguf file (or a Hugging Face folder on the transformers engine). "
+                   "Repeat it to serve several models from one server; NAME= gives the id the "
+                   "API serves it as (default: the alias or the file's stem).")
+    settings_flags(p, skip=("model", "models"))
 
 
 def run(ns: argparse.Namespace) -> int:
+    models = ns.model or []
+    # The first --model is settings.model, the others settings.models (flags win over the
+    # config file's and the environment's only when given).
+    ns.model = models[0] if models else None
+    ns.models = models[1:] or None
     settings = load_settings(ns)
     try:
         import uvicorn
@@ -26,8 +36,9 @@ def run(ns: argparse.Namespace) -> int:
     from gemmakit.server.app import app_from_settings, drain
 
     app = app_from_settings(settings)
-    log.info("serving on http://%s:%d/v1 (model %s, engine %s)", settings.host, settings.port,
-             settings.served_model_name or settings.model, settings.engine)
+    log.info("serving on http://%s:%d/v1 (%s %s, engine %s)", settings.host, settings.port,
+             "models" if settings.models else "model",
+             ", ".join(app.state.runtime.names), settings.engine)
 
     class GracefulServer(uvicorn.Server):
         """First SIGTERM/SIGINT: drain (see server.app.drain), then exit 0. A second signal

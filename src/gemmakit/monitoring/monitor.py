@@ -35,16 +35,29 @@ class Monitor:
         self.runtime = runtime
         self.settings = settings
         self.started = time.time()
-        self.metrics = Metrics(runtime.model_name, self.engine_health)
+        self.metrics = Metrics(runtime.names, self.engine_healths)
         self.window = RequestWindow(max_seconds=max(
             [settings.window_max_seconds, *(r.window_seconds for r in settings.alerts)]))
         self.alerts = AlertManager(settings, self.window, model=runtime.model_name,
                                    gauges=self.gauges)
         self.readiness = ReadinessProbe(settings)
 
+    def engine_healths(self) -> dict[str, EngineHealth | None]:
+        """Each served model's engine health; None while it is not loaded."""
+        return {e.name: e.engine.health() if e.engine is not None else None
+                for e in self.runtime.entries.values()}
+
     def engine_health(self) -> EngineHealth | None:
-        engine = self.runtime.engine
-        return engine.health() if engine is not None else None
+        """The loaded engines' health together (None: no model loaded)."""
+        hs = [h for h in self.engine_healths().values() if h is not None]
+        if not hs:
+            return None
+        ratios = [h.kv_cache_usage_ratio for h in hs if h.kv_cache_usage_ratio is not None]
+        return EngineHealth(ok=all(h.ok for h in hs),
+                            detail="; ".join(h.detail for h in hs if h.detail),
+                            requests_running=sum(h.requests_running for h in hs),
+                            requests_waiting=sum(h.requests_waiting for h in hs),
+                            kv_cache_usage_ratio=max(ratios) if ratios else None)
 
     def gauges(self) -> dict[str, float | None]:
         h = self.engine_health()
@@ -57,12 +70,12 @@ class Monitor:
             return
         if f.internal is not None:
             self.metrics.observe_internal(f.internal, f.status, f.prompt_tokens,
-                                          f.completion_tokens)
+                                          f.completion_tokens, f.model)
             return
         for stats in f.sequences:
-            self.metrics.observe_sequence(stats)
+            self.metrics.observe_sequence(stats, f.model)
         self.metrics.observe_request(f.status, f.latency_s, f.prompt_tokens,
-                                     f.completion_tokens, f.reached_engine)
+                                     f.completion_tokens, f.reached_engine, f.model)
         self.window.add(RequestRecord(
             t=self.window.clock(), status=f.status, e2e_s=f.latency_s,
             prompt_tokens=f.prompt_tokens, generation_tokens=f.completion_tokens,
@@ -79,7 +92,7 @@ class Monitor:
         span = max(1e-3, min(window_seconds, uptime))
         return {
             "model": self.runtime.model_name, "time": time.time(), "uptime_seconds": uptime,
-            "loaded": self.runtime.engine is not None,
+            "loaded": any(e.engine is not None for e in self.runtime.entries.values()),
             **vars(self.window.summary(span)),
             "requests_running": h.requests_running if h else 0,
             "requests_waiting": h.requests_waiting if h else 0,

@@ -82,8 +82,8 @@ class Safety:
     def needs_key(self, path: str) -> bool:
         if self.keys is None:
             return False
-        if path.startswith(("/v1/", "/admin/")) or path in ("/v1", "/admin") \
-                or path in TOKENIZER_PATHS:
+        if path.startswith(("/v1/", "/admin/", "/api/")) or path in ("/v1", "/admin") \
+                or path in TOKENIZER_PATHS:  # /api/ps: the loaded models (Ollama's shape)
             return True
         return path.startswith("/metrics") and self.settings.metrics_auth
 

@@ -1,18 +1,17 @@
 """The FastAPI application, built from settings.
 
 The server listens at once and loads the model in the background: `/health` answers 503 until the
-engine is ready, and model routes answer 503 with `Retry-After` meanwhile.
+engine is ready, and model routes answer 503 with `Retry-After` meanwhile. With several models
+(server/models_registry.py) the ones that fit the limits together load at start, the others on
+their first request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -27,41 +26,21 @@ from gemmakit.safety.layer import Safety
 from gemmakit.server import errors
 from gemmakit.server.errors import gemmakit_error_body, internal_error_body
 from gemmakit.server.guard import Guard
-from gemmakit.server.routes import chat, completions, health, models, tokenizer, usage
+from gemmakit.server.models_registry import ModelRegistry, ModelSpec, parse_duration
+from gemmakit.server.routes import chat, completions, health, models, ps, responses, tokenizer, usage
 from gemmakit.server.routes.common import PIPELINE_ROUTE
 from gemmakit.server.streaming import dumps
-from gemmakit.service import Service
 from gemmakit.settings import Settings
 
 log = logging.getLogger("gemmakit.server")
 
 
-@dataclass
-class Runtime:
-    """What the routes see: the served model's name and, once loaded, its engine and the
-    request pipeline every generation goes through."""
-
-    model_name: str
-    created: int = field(default_factory=lambda: int(time.time()))
-    engine: Engine | None = None
-    pipeline: Pipeline | None = None
-    load_error: str | None = None
-    draining: bool = False
-    """Set on SIGTERM/SIGINT: new requests get 503 while in-flight ones finish."""
-
-    @property
-    def service(self) -> Service | None:
-        return self.pipeline.service if self.pipeline is not None else None
-
-
 async def drain(app: FastAPI, timeout: float) -> None:
     """Graceful shutdown: stop taking requests (503 + Retry-After, /health 503), let in-flight
     requests finish for up to `timeout` seconds, then end them with finish_reason "shutdown" —
-    every stream still gets its final event and [DONE]."""
-    runtime: Runtime = app.state.runtime
-    runtime.draining = True
-    if runtime.engine is not None:
-        await runtime.engine.drain(timeout)
+    every stream still gets its final event and [DONE]. Every loaded model drains."""
+    registry: ModelRegistry = app.state.runtime
+    await registry.drain(timeout)
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
@@ -126,6 +105,11 @@ class RequestContext:
             log.exception("request %s failed with an internal error", rid)
             if not started:
                 await self._send_json(send, 500, internal_error_body(rid), rid)
+        finally:
+            # The models this request used are idle again once its response is sent (their
+            # keep-alive starts now): routes/common.py registers the releases.
+            for release in scope["state"].pop("releases", ()):
+                release()
 
     async def _too_large(self, send: Send, rid: str) -> None:
         e = PayloadTooLargeError(f"The request body is larger than the limit of "
@@ -146,38 +130,36 @@ class RequestContext:
 
 def create_app(model_name: str, load_engine: Callable[[], Engine],
                settings: Settings | None = None, **overrides: Any) -> FastAPI:
-    """Build the app. `load_engine` is called in a worker thread after the server starts.
-    Without `settings`, they are loaded (environment, defaults) with `overrides` on top."""
+    """Build the app serving one model. `load_engine` is called in a worker thread after the
+    server starts. Without `settings`, they are loaded (environment, defaults) with `overrides`
+    on top."""
     settings = settings if settings is not None else Settings.load(**overrides)
-    runtime = Runtime(model_name=model_name)
+    return create_models_app([ModelSpec(model_name, load_engine, settings)], settings)
+
+
+def create_models_app(specs: Sequence[ModelSpec], settings: Settings) -> FastAPI:
+    """Build the app serving `specs` (server/models_registry.py): the models that fit the
+    limits together load in the background at start, the rest on their first request."""
+    from gemmakit.catalog.fit import parse_bytes
+
     safety = Safety.from_settings(settings)
     sinks: list[Sink] = [safety]
 
-    async def load() -> None:
-        t0 = time.perf_counter()
-        try:
-            engine = await asyncio.to_thread(load_engine)
-            runtime.pipeline = build_pipeline(engine, model_name, settings, safety=safety,
-                                              sinks=sinks)
-            runtime.engine = engine
-        except Exception as e:
-            runtime.load_error = type(e).__name__
-            log.exception("loading the model failed")
-            return
-        log.info("model %s loaded in %.2f s (engine %s, context %d tokens)", model_name,
-                 time.perf_counter() - t0, engine.name, engine.context_length)
+    def build(spec: ModelSpec, engine: Engine) -> Pipeline:
+        return build_pipeline(engine, spec.name, spec.settings, safety=safety, sinks=sinks)
+
+    runtime = ModelRegistry(
+        specs, build, max_loaded=settings.max_loaded_models,
+        budget_bytes=parse_bytes(settings.max_memory) if settings.max_memory else None,
+        keep_alive=parse_duration(settings.keep_alive) if settings.keep_alive else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(load())
+        runtime.start()
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if runtime.engine is not None:
-                await runtime.engine.aclose()
+            await runtime.aclose()
             await safety.aclose()
 
     app = FastAPI(title="gemmakit", summary="OpenAI-compatible server for Gemma models",
@@ -187,7 +169,7 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     app.state.safety = safety
     errors.install(app)
     for r in (chat.router, completions.router, models.router, health.router, usage.router,
-              tokenizer.router):
+              tokenizer.router, ps.router, responses.router):
         app.include_router(r)
     from gemmakit.server.routes import audio  # needs python-multipart (the server extra)
 
@@ -211,9 +193,12 @@ def pipeline_paths(app: FastAPI) -> frozenset[str]:
 
 
 def app_from_settings(settings: Settings) -> FastAPI:
-    """The app for `gemmakit serve`: resolve the model (assembling the bundled one if needed) and
-    check its profile now, load the engine in the background."""
-    from gemmakit.compose import plan
+    """The app for `gemmakit serve`: resolve the models (assembling the bundled one if needed) and
+    check their profiles now, load the engines in the background."""
+    from gemmakit.compose import plan_all
 
-    p = plan(settings)  # with --fit, p.settings hold the planned context and parallel
-    return create_app(p.served_name, p.load_engine, p.settings)
+    # One plan per --model; with --fit, each plan's settings hold its context and parallel.
+    plans = plan_all(settings)
+    specs = [ModelSpec(p.served_name, p.load_engine, p.settings, memory_bytes=p.memory_bytes())
+             for p in plans]
+    return create_models_app(specs, plans[0].settings if len(plans) == 1 else settings)

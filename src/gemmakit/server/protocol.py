@@ -166,6 +166,9 @@ class _SamplingFields(_Lenient):
     ignore_eos: bool = False
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
+    keep_alive: Any = None
+    """How long the model stays loaded after this request (Ollama's: "5m", seconds, 0,
+    negative for ever); read by server/models_registry.py."""
 
     def _sampling(self, **extra: Any) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -272,6 +275,7 @@ class CompletionRequest(_SamplingFields):
 # --- tokenizer endpoints (vLLM's shapes) ----------------------------------------------------
 class TokenizeRequest(_Lenient):
     model: str
+    keep_alive: Any = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None
@@ -292,6 +296,7 @@ class TokenizeRequest(_Lenient):
 
 class DetokenizeRequest(_Lenient):
     model: str
+    keep_alive: Any = None
     tokens: list[Annotated[int, Field(ge=0)]]
 
 

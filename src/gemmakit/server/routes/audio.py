@@ -52,8 +52,9 @@ def _duration(data: bytes) -> float | None:
 
 
 async def _run(task: Task, request: Request, file: UploadFile, model: str, language: str | None,
-               prompt: str | None, response_format: str, temperature: float | None) -> Any:
-    run = begin(request, model)
+               prompt: str | None, response_format: str, temperature: float | None,
+               keep_alive: str | None = None) -> Any:
+    run = await begin(request, model, keep_alive)
     if response_format in ("srt", "vtt"):
         raise InvalidRequestError(f"response_format '{response_format}' needs timestamps, which "
                                   "this model does not produce; use json, text or verbose_json.",
@@ -100,13 +101,14 @@ Temp = Annotated[float | None, Form(ge=0.0, le=2.0)]
 @router.post("/v1/audio/transcriptions", openapi_extra=PIPELINE_ROUTE_MARK)
 async def transcriptions(request: Request, file: Upload, model: Str, language: OptStr = None,
                          prompt: OptStr = None, response_format: Fmt = "json",
-                         temperature: Temp = None) -> Any:
+                         temperature: Temp = None, keep_alive: OptStr = None) -> Any:
     return await _run("transcribe", request, file, model, language, prompt, response_format,
-                      temperature)
+                      temperature, keep_alive)
 
 
 @router.post("/v1/audio/translations", openapi_extra=PIPELINE_ROUTE_MARK)
 async def translations(request: Request, file: Upload, model: Str, prompt: OptStr = None,
-                       response_format: Fmt = "json", temperature: Temp = None) -> Any:
+                       response_format: Fmt = "json", temperature: Temp = None,
+                       keep_alive: OptStr = None) -> Any:
     return await _run("translate", request, file, model, None, prompt, response_format,
-                      temperature)
+                      temperature, keep_alive)

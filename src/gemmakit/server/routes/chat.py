@@ -26,7 +26,7 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", openapi_extra=PIPELINE_ROUTE_MARK)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    run = begin(request, body.model)
+    run = await begin(request, body.model, body.keep_alive)
     body.check_supported()
     await run.chat(ChatJob(await messages_of(body, request), body.sampling(),
                            **body.tool_fields()))

@@ -17,6 +17,7 @@ from fastapi import Request
 
 from gemmakit.errors import ModelNotFoundError, ServiceUnavailableError
 from gemmakit.pipeline import Caller, Pipeline, Run
+from gemmakit.server.models_registry import keep_alive_param
 from gemmakit.service import Usage
 from gemmakit.types import TokenLogprob
 
@@ -24,11 +25,12 @@ PIPELINE_ROUTE = "x-gemmakit-pipeline"
 PIPELINE_ROUTE_MARK = {PIPELINE_ROUTE: True}
 
 
-def begin(request: Request, model: str) -> Run:
+async def begin(request: Request, model: str, keep_alive: Any = None) -> Run:
     """A pipeline run for this request to `model`: 503 while loading or draining, 404 for a
-    model this server does not serve, 403 for one the caller's key may not use. The edge
+    model this server does not serve, 403 for one the caller's key may not use, 400 for a bad
+    `keep_alive`. A model not loaded is loaded first (the request waits). The edge
     (server/guard.py) books the run if the route leaves it unfinished."""
-    pipeline = pipeline_for(request, model)
+    pipeline = await pipeline_for(request, model, keep_alive)
     state = request.scope["state"]
 
     async def disconnected() -> None:
@@ -43,21 +45,33 @@ def begin(request: Request, model: str) -> Run:
     return run
 
 
-def pipeline_for(request: Request, model: str) -> Pipeline:
-    """The loaded pipeline for `model`; 503 while loading, 404 for another model."""
-    runtime = request.app.state.runtime
-    if runtime.draining:
+async def pipeline_for(request: Request, model: str, keep_alive: Any = None) -> Pipeline:
+    """The pipeline of `model`, loaded for this request if it is not (server/models_registry.py);
+    404 for a model not served, 503 while loading at start-up, draining, or without room. The
+    model counts as in use until the response has been sent (server/app.py's RequestContext
+    releases it), then stays loaded for the request's `keep_alive` (Ollama's: "5m", seconds,
+    0, negative for ever), else the server's --keep-alive."""
+    registry = request.app.state.runtime
+    explicit = keep_alive is not None
+    keep = keep_alive_param(keep_alive) if explicit else None
+    if registry.draining:
         raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
                                       headers={"Retry-After": "5"})
-    if model != runtime.model_name:
-        raise ModelNotFoundError(f"The model '{model}' does not exist; this server serves "
-                                 f"'{runtime.model_name}'.", param="model")
-    if runtime.pipeline is None:
-        raise ServiceUnavailableError("The model is still loading; retry shortly."
-                                      if runtime.load_error is None else
-                                      "The model failed to load; see the server log.",
+    entry = registry.get(model)
+    if entry is None:
+        if len(registry.names) == 1:
+            raise ModelNotFoundError(f"The model '{model}' does not exist; this server serves "
+                                     f"'{registry.model_name}'.", param="model")
+        raise registry.unknown(model)
+    if registry.starting and entry.state == "loading":
+        # While the start-up loads run, a request does not wait (as a single-model server
+        # answers while its model loads).
+        raise ServiceUnavailableError("The model is still loading; retry shortly.",
                                       headers={"Retry-After": "1"})
-    pipeline: Pipeline = runtime.pipeline
+    entry = await registry.acquire(model)
+    request.scope["state"].setdefault("releases", []).append(
+        lambda: registry.release(entry, keep, explicit=explicit))
+    pipeline: Pipeline = entry.pipeline
     return pipeline
 
 

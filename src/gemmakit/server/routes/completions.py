@@ -24,7 +24,7 @@ router = APIRouter()
 
 @router.post("/v1/completions", openapi_extra=PIPELINE_ROUTE_MARK)
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    run = begin(request, body.model)
+    run = await begin(request, body.model, body.keep_alive)
     body.check_supported()
     await run.complete(CompletionJob(body.prompts(), body.sampling()))
     cid, created = new_id("cmpl"), now()

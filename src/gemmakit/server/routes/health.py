@@ -1,5 +1,6 @@
-"""GET /health: 200 once the model is loaded and the engine is alive, 503 before (or after a
-failure) — usable as a Kubernetes liveness/startup probe."""
+"""GET /health: 200 once the models loaded at start-up are loaded and their engines alive, 503
+before (or after a failure) — usable as a Kubernetes liveness/startup probe. A model unloaded
+for idleness does not make the server unhealthy: it loads again on its next request."""
 
 from __future__ import annotations
 
@@ -11,16 +12,26 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    runtime = request.app.state.runtime
-    if runtime.draining:
-        return JSONResponse({"status": "draining", "model": runtime.model_name}, status_code=503,
+    registry = request.app.state.runtime
+    name = registry.model_name
+    several = len(registry.names) > 1
+    states = {e.name: e.state for e in registry.entries.values()}
+    extra = {"models": states} if several else {}
+    if registry.draining:
+        return JSONResponse({"status": "draining", "model": name, **extra}, status_code=503,
                             headers={"Retry-After": "5"})
-    if runtime.engine is None:
-        status = "failed" if runtime.load_error else "loading"
-        return JSONResponse({"status": status, "model": runtime.model_name}, status_code=503,
+    failed = any(s == "failed" for s in states.values())
+    if registry.starting or failed:
+        status = "failed" if failed else "loading"
+        return JSONResponse({"status": status, "model": name, **extra}, status_code=503,
                             headers={"Retry-After": "1"})
-    h = runtime.engine.health()
-    body = {"status": "ok" if h.ok else "unhealthy", "model": runtime.model_name,
-            "engine": runtime.engine.name, "requests_running": h.requests_running,
-            "requests_waiting": h.requests_waiting}
-    return JSONResponse(body, status_code=200 if h.ok else 503)
+    loaded = registry.loaded()
+    healths = [(e, e.engine.health()) for e in loaded if e.engine is not None]
+    ok = all(h.ok for _, h in healths)
+    body = {"status": "ok" if ok else "unhealthy", "model": name}
+    first = registry.first
+    if first.engine is not None:
+        body["engine"] = first.engine.name
+    body["requests_running"] = sum(h.requests_running for _, h in healths)
+    body["requests_waiting"] = sum(h.requests_waiting for _, h in healths)
+    return JSONResponse({**body, **extra}, status_code=200 if ok else 503)

@@ -30,14 +30,26 @@ async def metrics(request: Request) -> Response:
 async def ready(request: Request) -> JSONResponse:
     """Readiness (Kubernetes readinessProbe): 200 healthy or degraded, 503 unhealthy/loading."""
     monitor = _monitor(request)
-    runtime = request.app.state.runtime
-    if runtime.pipeline is None:
-        return JSONResponse({"status": "unhealthy", "model": runtime.model_name,
-                             "errors": ["the model failed to load" if runtime.load_error
-                                        else "the model is still loading"]},
-                            status_code=503, headers={"Retry-After": "1"})
-    result = await monitor.readiness.check(runtime.pipeline)
-    body = ready_body(result, runtime.model_name, memory(), monitor.alerts.active(),
+    registry = request.app.state.runtime
+    # The probe runs on the first loaded model (held in use while it runs); with none loaded
+    # after start-up (unloaded for idleness), the server is ready: a request loads one.
+    entry = next((e for e in (registry.acquire_loaded(n) for n in registry.names)
+                  if e is not None), None)
+    if entry is None:
+        if registry.starting or registry.load_error or len(registry.names) == 1 \
+                and registry.first.state != "unloaded":
+            return JSONResponse({"status": "unhealthy", "model": registry.model_name,
+                                 "errors": ["the model failed to load" if registry.load_error
+                                            else "the model is still loading"]},
+                                status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "healthy", "model": registry.model_name,
+                             "loaded": False, "memory": memory()})
+    request.scope["state"].setdefault("releases", []).append(
+        lambda: registry.release_probe(entry))
+    pipeline = entry.pipeline
+    assert pipeline is not None
+    result = await monitor.readiness.check(pipeline)
+    body = ready_body(result, entry.name, memory(), monitor.alerts.active(),
                       monitor.readiness.clock())
     return JSONResponse(body, status_code=503 if result.status == "unhealthy" else 200)
 

@@ -19,7 +19,7 @@ router = APIRouter()
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
-    run = begin(request, body.model)
+    run = await begin(request, body.model, body.keep_alive)
     ids = await run.tokenize(TokenizeJob(
         prompt=body.prompt, messages=body.to_messages(), tools=body.tools_json(),
         add_special_tokens=body.add_special_tokens is not False,
@@ -32,14 +32,15 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
-    run = begin(request, body.model)
+    run = await begin(request, body.model, body.keep_alive)
     return {"prompt": await run.detokenize(body.tokens)}
 
 
 @router.get("/tokenizer_info")
 async def tokenizer_info(request: Request) -> dict[str, Any]:
-    runtime = request.app.state.runtime
-    pipeline = pipeline_for(request, runtime.model_name)
+    # ?model= names one of several served models; default: the first.
+    name = request.query_params.get("model") or request.app.state.runtime.model_name
+    pipeline = await pipeline_for(request, name)
     engine = pipeline.engine
     special = {}
     for token in SPECIAL_TOKENS:
