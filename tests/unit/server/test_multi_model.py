@@ -355,3 +355,34 @@ def test_drain_drains_every_loaded_engine_and_shutdown_closes_all(tmp_path):
         assert c.get("/health").json()["status"] == "draining"
     assert sorted(e for e in m.events if e.startswith("close")) == ["close a", "close b"]
     assert asyncio.iscoroutinefunction(drain)
+
+
+# --- naming and `gemmakit ps` ---------------------------------------------------------------
+@pytest.mark.parametrize(("spec", "split"), [
+    ("gemma-3-270m", (None, "gemma-3-270m")), ("small=gemma-3-270m", ("small", "gemma-3-270m")),
+    ("t=/models/a=b.gguf", ("t", "/models/a=b.gguf")), ("./a=b.gguf", (None, "./a=b.gguf")),
+    ("/models/a=b.gguf", (None, "/models/a=b.gguf")), ("=x", (None, "=x")), ("x=", (None, "x="))])
+def test_model_names_split_from_their_model(spec, split):
+    from gemmakit.compose import split_model
+
+    assert split_model(spec) == split
+
+
+def test_gemmakit_ps_table_reads_like_ollama_ps():
+    from datetime import UTC, datetime, timedelta
+
+    from gemmakit.cli.ps import table
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def row(name, **kw):
+        return {"name": name, "size": 291_000_000, "context_length": 1024, "slots": 2,
+                "requests_in_flight": 0, "details": {"engine": "llamacpp"}, "state": "loaded",
+                "expires_at": None, **kw}
+
+    body = {"models": [row("a"), row("b", expires_at=(now + timedelta(minutes=4)).isoformat()),
+                       row("c", requests_in_flight=2, expires_at=None)]}
+    lines = table(body, now).splitlines()
+    assert lines[0].split() == ["NAME", "SIZE", "CONTEXT", "SLOTS", "REQUESTS", "ENGINE", "UNTIL"]
+    assert lines[1].split() == ["a", "291", "MB", "1024", "2", "0", "llamacpp", "Forever"]
+    assert lines[2].endswith("4 minutes from now") and lines[3].endswith("in use")
