@@ -223,9 +223,21 @@ class Settings(BaseSettings):
         return path if name is None else f"{name}={path}"
 
     # --- media and the transformers engine (docs/transformers.md) ------------------------
-    profile: Literal["max-efficiency", "balanced", "performance"] | None = None
-    """Loading profile (transformers engine): max-efficiency (smallest weights), balanced or
-    performance; mapped per device, impossible combinations refused (docs/transformers.md)."""
+    profile: Literal["max-efficiency", "balanced", "performance", "edge"] | None = None
+    """Loading profile: max-efficiency (smallest weights), balanced, performance, or edge (the
+    smallest footprint: context 2048 and one sequence unless given, and each engine's
+    small-memory settings); mapped per engine and device, impossible combinations refused
+    (docs/transformers.md, docs/models.md)."""
+
+    @model_validator(mode="after")
+    def _profile_runtime(self) -> Settings:
+        # A profile's context and sequences apply where the operator set none.
+        from gemmakit.profiles import runtime_defaults
+
+        for key, value in runtime_defaults(self.profile).items():
+            if key not in self.model_fields_set:
+                setattr(self, key, value)
+        return self
 
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     """Most pixels (width x height) in an image; larger ones (decompression bombs) are refused."""

@@ -229,7 +229,7 @@ class LlamaCppEngine(Engine):
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
                  max_queue: int = 64, prefill_chunk: int = 128, prefix_cache: bool = True,
                  flash_attention: bool = False, kv_cache_type: str = "f16",
-                 extra_buffers: bool = True) -> None:
+                 extra_buffers: bool = True, swa_full: bool = True) -> None:
         ll = _lib()
         self._ll = ll
         self.model_path = Path(model_path)
@@ -258,8 +258,11 @@ class LlamaCppEngine(Engine):
         # (8192 tokens x 4 sequences = 0.6 GB of f16 cache for the 270M).
         per_seq = context_length or min(self.trained_context_length, 8192)
         cparams = ll.llama_context_default_params()
-        # Keep every sliding-window layer's cells too: prefix reuse rolls sequences back.
-        cparams.swa_full = True
+        # Keep every sliding-window layer's cells too: prefix reuse rolls sequences back, which
+        # a cache holding only the window cannot do correctly.
+        if not swa_full and prefix_cache:
+            raise ConfigError("prefix reuse needs the full sliding-window cache (swa_full)")
+        cparams.swa_full = swa_full
         # Each sequence gets its own `per_seq` cells (kv_unified off): one long request can never
         # starve the others of cache mid-generation, so admission is a simple count.
         cparams.n_ctx = per_seq * parallel
@@ -316,16 +319,20 @@ class LlamaCppEngine(Engine):
         plan = (llamacpp_plan(settings.profile, _file_type_of(model.path))
                 if settings.profile else None)
         small = plan.runtime if plan else {}
+        given = settings.model_fields_set
         batch_size = settings.batch_size
-        if "batch_size" in small and "batch_size" not in settings.model_fields_set:
+        if "batch_size" in small and "batch_size" not in given:
             batch_size = small["batch_size"]
+        prefix_cache = (settings.prefix_cache if "prefix_cache" in given
+                        else small.get("prefix_cache", settings.prefix_cache))
         return cls(model.path, context_length=settings.context_length,
                    threads=settings.threads, batch_size=batch_size,
                    parallel=settings.parallel, max_queue=settings.max_queue,
-                   prefill_chunk=settings.prefill_chunk, prefix_cache=settings.prefix_cache,
+                   prefill_chunk=settings.prefill_chunk, prefix_cache=prefix_cache,
                    flash_attention=small.get("flash_attention", False),
                    kv_cache_type=small.get("kv_cache_type", "f16"),
-                   extra_buffers=small.get("extra_buffers", True))
+                   extra_buffers=small.get("extra_buffers", True),
+                   swa_full=prefix_cache or small.get("swa_full", True))
 
     @classmethod
     def plan_profile(cls, model: ModelRef, profile: str) -> str:
@@ -969,12 +976,13 @@ _GGUF_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_
 # takes the file as it is (any type): its footprint comes from the runtime settings below.
 _PROFILE_BANDS = {"max-efficiency": (0.0, 5.0), "balanced": (5.0, 9.0),
                   "performance": (9.0, 33.0), "edge": (0.0, 33.0)}
-# The llama.cpp runtime settings of each profile (edge: the smallest footprint). A 128-token
-# ubatch keeps the compute buffer (ubatch x vocabulary logits, f32) small; a q8_0 KV cache
-# (which needs flash attention) halves the cache; no repacked weight copies (slower decode).
+# The llama.cpp runtime settings of each profile (edge: the smallest footprint). A 64-token
+# ubatch keeps the compute buffer small; a q8_0 KV cache (which needs flash attention) halves
+# the cache; sliding-window layers keep only their window (so no prefix reuse: rolling such a
+# cache back is not possible); no repacked weight copies (slower decode, docs/models.md).
 _PROFILE_RUNTIME: dict[str, dict[str, Any]] = {
-    "edge": {"batch_size": 128, "flash_attention": True, "kv_cache_type": "q8_0",
-             "extra_buffers": False}}
+    "edge": {"batch_size": 64, "flash_attention": True, "kv_cache_type": "q8_0",
+             "extra_buffers": False, "swa_full": False, "prefix_cache": False}}
 _KV_TYPES = {"q8_0": lambda ll: ll.GGML_TYPE_Q8_0, "f16": lambda ll: ll.GGML_TYPE_F16}
 
 
@@ -996,6 +1004,8 @@ class GgufPlan:
             s += (f", {r['kv_cache_type']} KV cache with flash attention, batch "
                   f"{r['batch_size']}, {'repacked' if r['extra_buffers'] else 'no repacked'} "
                   "weight copies")
+            if not r["swa_full"]:
+                s += ", sliding layers keep only their window (no prefix reuse)"
         return f"{s}; {self.note}" if self.note else s
 
 

@@ -5,6 +5,10 @@
 | max-efficiency | bitsandbytes NF4   | torchao int8 weight-only + bf16     |
 | balanced       | bitsandbytes int8  | bf16 (AVX512-BF16/AMX CPUs) or fp32 |
 | performance    | bf16               | fp32                                |
+| edge           | bitsandbytes int8  | torchao int8 weight-only + bf16     |
+
+`edge` is 8-bit weights; its short context and single sequence are generic settings
+(profiles.runtime_defaults).
 
 A combination that cannot work (a library missing) is refused with the reason before anything
 loads. torch is imported only when a plan is made.
@@ -85,7 +89,7 @@ def transformers_plan(profile: str | None, device: str) -> Plan:
         if not _has("bitsandbytes"):
             raise ConfigError(f"profile {profile} on CUDA needs bitsandbytes: "
                               "pip install bitsandbytes")
-        if profile == "balanced":
+        if profile in ("balanced", "edge"):
             return Plan(profile, device, torch.bfloat16, "bnb-int8", bits=8)
         return Plan(profile, device, torch.bfloat16, "bnb-nf4", bits=4)
     if profile == "performance":
@@ -94,7 +98,7 @@ def transformers_plan(profile: str | None, device: str) -> Plan:
         return Plan(profile, device, torch.bfloat16 if cpu_has_bf16() else torch.float32,
                     bits=16 if cpu_has_bf16() else 32)
     if not _has("torchao"):
-        raise ConfigError("profile max-efficiency on CPU needs torchao (int8 weight-only "
+        raise ConfigError(f"profile {profile} on CPU needs torchao (int8 weight-only "
                           "quantization): pip install torchao")
     # The embedding (most of a small Gemma's weights) is not a linear layer and stays in bf16.
     return Plan(profile, device, torch.bfloat16 if cpu_has_bf16() else torch.float32,
