@@ -96,12 +96,13 @@ def profile_quantization(profile: str | None, device: str) -> str | None:
     if profile is None:
         return None
     if device.startswith("cuda"):
-        return {"performance": "BF16", "balanced": "INT8/BF16",
+        return {"performance": "BF16", "balanced": "INT8/BF16", "edge": "INT8/BF16",
                 "max-efficiency": "NF4/BF16"}[profile]
     from gemmakit.hf.profiles import cpu_has_bf16
 
     half = "BF16" if cpu_has_bf16() else "F32"
-    return {"performance": "F32", "balanced": half, "max-efficiency": f"INT8/{half}"}[profile]
+    return {"performance": "F32", "balanced": half, "max-efficiency": f"INT8/{half}",
+            "edge": f"INT8/{half}"}[profile]
 
 
 def plan_fit(model_path: str | Path, budget_bytes: int, *, engine: str = "llamacpp",

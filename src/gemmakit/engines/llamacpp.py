@@ -1017,7 +1017,7 @@ def llamacpp_plan(profile: str, file_type: str | None) -> GgufPlan:
     bits = _GGUF_BITS.get(ft)
     lo, hi = _PROFILE_BANDS[profile]
     note = None
-    if bits is None or not lo < bits <= hi:
+    if profile != "edge" and (bits is None or not lo < bits <= hi):
         want = {"max-efficiency": "4-bit (Q4_K_M)", "balanced": "8-bit (Q8_0)",
                 "performance": "16-bit (F16/BF16)"}[profile]
         note = (f"the profile asks for {want} weights; re-quantization is a separate step "
