@@ -230,14 +230,15 @@ class Screen:
                 text += f.flush()
             if f.blocked is not None:
                 return Chunk(text=text, token_ids=chunk.token_ids, finish_reason="content_filter",
-                             stats=chunk.stats)
+                             stats=chunk.stats, prompt_logprobs=chunk.prompt_logprobs)
         judged = clf is not None and clf.applies("output")
         if judged or self.safety.settings.log_content:
             self.output_text[i] = self.output_text.get(i, "") + text
         if clf is not None and judged:
             # The judge needs the whole answer: hold the choice's text until it is finished.
             if chunk.finish_reason is None:
-                return Chunk(token_ids=chunk.token_ids, logprobs=chunk.logprobs)
+                return Chunk(token_ids=chunk.token_ids, logprobs=chunk.logprobs,
+                             prompt_logprobs=chunk.prompt_logprobs)
             full = self.output_text.get(i, "")
             assert self.judge_internal is not None
             verdict = await clf.judge(self.judge_internal, full, "output") if full else None
@@ -247,13 +248,15 @@ class Screen:
                             verdict.p_violation)
                 if clf.config.action == "block":
                     return Chunk(token_ids=chunk.token_ids, finish_reason="content_filter",
-                                 stats=chunk.stats)
+                                 stats=chunk.stats, prompt_logprobs=chunk.prompt_logprobs)
             return Chunk(text=full, token_ids=chunk.token_ids, logprobs=chunk.logprobs,
-                         finish_reason=chunk.finish_reason, stats=chunk.stats)
+                         finish_reason=chunk.finish_reason, stats=chunk.stats,
+                         prompt_logprobs=chunk.prompt_logprobs)
         if text is chunk.text:
             return chunk
         return Chunk(text=text, token_ids=chunk.token_ids, logprobs=chunk.logprobs,
-                     finish_reason=chunk.finish_reason, stats=chunk.stats)
+                     finish_reason=chunk.finish_reason, stats=chunk.stats,
+                     prompt_logprobs=chunk.prompt_logprobs)
 
     def _hits(self, i: int) -> Hits:
         return self.choice_hits.setdefault(i, Hits())

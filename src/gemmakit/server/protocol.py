@@ -26,6 +26,7 @@ from gemmakit.types import (
     Penalty,
     RepetitionPenalty,
     SamplingParams,
+    ScoreTokens,
     Seed,
     Temperature,
     TextPart,
@@ -244,18 +245,24 @@ class CompletionRequest(_SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[
         list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | Annotated[
         list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)]
+    max_tokens: ScoreTokens | None = None
+    """0 generates nothing: with `echo` and `logprobs`, the prompt is only scored."""
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool = False
+    """The prompt comes back before the completion; with `logprobs`, scored token by token."""
     suffix: str | None = None
     best_of: int | None = None
 
     def sampling(self) -> SamplingParams:
+        scored = self.echo and self.logprobs is not None
         return self._sampling(logprobs=self.logprobs is not None,
-                              top_logprobs=self.logprobs or 0)
+                              top_logprobs=self.logprobs or 0,
+                              prompt_logprobs=self.logprobs if scored else None)
 
     def check_supported(self) -> None:
-        if self.echo:
-            raise InvalidRequestError("echo is not supported.", param="echo")
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidRequestError("max_tokens 0 generates nothing; it is only meaningful "
+                                      "with echo (to score the prompt).", param="max_tokens")
         if self.suffix:
             raise InvalidRequestError("suffix (fill-in-the-middle) is not supported for Gemma.",
                                       param="suffix")
@@ -274,7 +281,9 @@ class CompletionRequest(_SamplingFields):
 
 # --- tokenizer endpoints (vLLM's shapes) ----------------------------------------------------
 class TokenizeRequest(_Lenient):
-    model: str
+    model: str | None = None
+    """Default: the server's (first) model, as vLLM's server takes it (evaluation harnesses send
+    no model to the tokenizer routes)."""
     keep_alive: Any = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -295,7 +304,8 @@ class TokenizeRequest(_Lenient):
 
 
 class DetokenizeRequest(_Lenient):
-    model: str
+    model: str | None = None
+    """Default: the server's (first) model."""
     keep_alive: Any = None
     tokens: list[Annotated[int, Field(ge=0)]]
 

@@ -96,12 +96,25 @@ def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
         for e in entries]}
 
 
-def completion_logprobs(entries: list[TokenLogprob], text_offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(entries: list[TokenLogprob], text_offset: int = 0,
+                        first: str | None = None) -> dict[str, Any]:
+    """The legacy logprobs object. `first`: the text of a scored prompt's first token, which
+    leads the list with null logprobs (nothing before it predicts it)."""
     offsets, pos = [], text_offset
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    if first is not None:
+        tokens.append(first)
+        token_logprobs.append(None)
+        top.append(None)
+        offsets.append(pos)
+        pos += len(first)
     for e in entries:
         offsets.append(pos)
         pos += len(e.token)
-    return {"tokens": [e.token for e in entries],
-            "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+    tokens += [e.token for e in entries]
+    token_logprobs += [e.logprob for e in entries]
+    top += [{t.token: t.logprob for t in e.top} for e in entries]
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top,
             "text_offset": offsets}

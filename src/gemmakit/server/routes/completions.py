@@ -1,4 +1,8 @@
-"""POST /v1/completions (raw text completion: no turn format): parse -> pipeline -> encode."""
+"""POST /v1/completions (raw text completion: no turn format): parse -> pipeline -> encode.
+
+With `echo` the prompt comes back before the completion; with `echo` and `logprobs`, every prompt
+token is scored in the prompt's own forward pass (`prompt_logprobs`), and `max_tokens` 0 scores
+without generating: what evaluation harnesses send for log-likelihoods."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from gemmakit.server.routes.common import (
     usage_dict,
 )
 from gemmakit.server.streaming import sse_response
+from gemmakit.types import TokenLogprob
 
 router = APIRouter()
 
@@ -26,35 +31,73 @@ router = APIRouter()
 async def completions(body: CompletionRequest, request: Request) -> Any:
     run = await begin(request, body.model, body.keep_alive)
     body.check_supported()
-    await run.complete(CompletionJob(body.prompts(), body.sampling()))
+    prompts = body.prompts()
+    await run.complete(CompletionJob(prompts, body.sampling()))
+    echo = _Echo(run, body, prompts) if body.echo else None
     cid, created = new_id("cmpl"), now()
     if body.stream:
-        return sse_response(run.decorate_events(_events(run, body, cid, created)),
+        return sse_response(run.decorate_events(_events(run, body, echo, cid, created)),
                             run.caller.request_id)
+    choices = []
+    for r in await run.collect():
+        text, lp = r.text, None
+        if echo is not None:
+            text = echo.text(r.index) + text
+        if body.logprobs is not None:
+            lp = echo.logprobs(r.index, r.prompt_logprobs, r.logprobs) if echo is not None \
+                else completion_logprobs(r.logprobs)
+        choices.append({"index": r.index, "text": text, "logprobs": lp,
+                        "finish_reason": r.finish_reason})
     return run.decorate({
         "id": cid, "object": "text_completion", "created": created, "model": run.model_name,
-        "choices": [{
-            "index": r.index,
-            "text": r.text,
-            "logprobs": completion_logprobs(r.logprobs) if body.logprobs is not None else None,
-            "finish_reason": r.finish_reason,
-        } for r in await run.collect()],
-        "usage": usage_dict(run.usage),
+        "choices": choices, "usage": usage_dict(run.usage),
     })
 
 
-async def _events(run: Run, body: CompletionRequest, cid: str, created: int
-                  ) -> AsyncIterator[dict[str, Any]]:
+class _Echo:
+    """The echoed prompt of each choice: its text (a text prompt as sent, a token-id prompt
+    detokenized) and, when scored, its tokens' logprobs ahead of the completion's."""
+
+    def __init__(self, run: Run, body: CompletionRequest, prompts: list[str | list[int]]) -> None:
+        assert run.prepared is not None
+        self.engine = run.pipeline.engine
+        self.n = body.n
+        self.prompts = prompts
+        self.ids = run.prepared.prompt_token_lists
+
+    def text(self, index: int) -> str:
+        p = self.prompts[index // self.n]
+        return p if isinstance(p, str) else self.engine.detokenize(p)
+
+    def logprobs(self, index: int, prompt: list[TokenLogprob] | None,
+                 completion: list[TokenLogprob]) -> dict[str, Any]:
+        first = self.engine.detokenize(self.ids[index // self.n][:1])
+        return completion_logprobs([*(prompt or []), *completion], first=first)
+
+
+async def _events(run: Run, body: CompletionRequest, echo: _Echo | None, cid: str,
+                  created: int) -> AsyncIterator[dict[str, Any]]:
     want_logprobs = body.logprobs is not None
-    offsets = [0] * (len(run.prepared.requests) if run.prepared is not None else 0)
+    n = len(run.prepared.requests) if run.prepared is not None else 0
+    offsets = [0] * n
+    started = [False] * n
     async for d in run.stream():
-        if not (d.text or d.finish_reason or (want_logprobs and d.logprobs)):
+        text, lp = d.text, None
+        if echo is not None and not started[d.index]:
+            started[d.index] = True
+            text = echo.text(d.index) + text
+            if want_logprobs:
+                lp = echo.logprobs(d.index, d.prompt_logprobs, d.logprobs)
+        elif want_logprobs:
+            lp = completion_logprobs(d.logprobs, offsets[d.index])
+        if not (text or d.finish_reason or lp and lp["tokens"]):
             continue
-        lp = completion_logprobs(d.logprobs, offsets[d.index]) if want_logprobs else None
-        offsets[d.index] += sum(len(e.token) for e in d.logprobs)
+        if lp is not None:
+            offsets[d.index] = lp["text_offset"][-1] + len(lp["tokens"][-1]) if lp["tokens"] \
+                else offsets[d.index]
         out = {"id": cid, "object": "text_completion", "created": created,
                "model": run.model_name,
-               "choices": [{"index": d.index, "text": d.text, "logprobs": lp,
+               "choices": [{"index": d.index, "text": text, "logprobs": lp,
                             "finish_reason": d.finish_reason}]}
         if body.include_usage:
             out["usage"] = None

@@ -19,7 +19,8 @@ router = APIRouter()
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
-    run = await begin(request, body.model, body.keep_alive)
+    run = await begin(request, body.model or request.app.state.runtime.model_name,
+                      body.keep_alive)
     ids = await run.tokenize(TokenizeJob(
         prompt=body.prompt, messages=body.to_messages(), tools=body.tools_json(),
         add_special_tokens=body.add_special_tokens is not False,
@@ -32,7 +33,8 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
-    run = await begin(request, body.model, body.keep_alive)
+    run = await begin(request, body.model or request.app.state.runtime.model_name,
+                      body.keep_alive)
     return {"prompt": await run.detokenize(body.tokens)}
 
 
