@@ -330,6 +330,9 @@ class ResponsesRequest(_SamplingFields):
             "metadata": self.metadata or {},
             "parallel_tool_calls": self.parallel_tool_calls is not False,
             "previous_response_id": self.previous_response_id,
+            "prompt_cache_key": self.prompt_cache_key,
+            "safety_identifier": self.safety_identifier,
+            "service_tier": "default",  # the tier used, whatever was asked
             "reasoning": {"effort": None, "summary": None},
             "store": self.store,
             "temperature": 1.0 if self.temperature is None else self.temperature,
