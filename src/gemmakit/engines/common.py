@@ -114,14 +114,25 @@ def emit_threadsafe(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
 
+_SPLIT = None  # two threads for the log-sum-exp of a chunk (numpy ufuncs release the GIL)
+
+
+def _pool():
+    global _SPLIT
+    if _SPLIT is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _SPLIT = ThreadPoolExecutor(2, thread_name_prefix="gemmakit-score")
+    return _SPLIT
+
+
 def scored_tokens(logits: np.ndarray, targets: Sequence[int], top_n: int,
-                  piece: Callable[[int], bytes], scratch: np.ndarray | None = None
+                  piece: Callable[[int], bytes], *, in_place: bool = False
                   ) -> list[TokenLogprob]:
     """Each target token's log-probability under the raw distribution of its row of `logits`
-    (shape (len(targets), n_vocab), not modified), with the `top_n` most likely tokens of the
-    row: the prompt logprobs of a scored (echoed) prompt, row k predicting targets[k].
-    `scratch`: a float32 buffer of at least that shape, reused across calls (a fresh 64 MB one
-    per chunk costs its page faults again each time)."""
+    (shape (len(targets), n_vocab)), with the `top_n` most likely tokens of the row: the prompt
+    logprobs of a scored (echoed) prompt, row k predicting targets[k]. With `in_place` the rows
+    are overwritten (they are the engine's own buffer, not needed afterwards): no 64 MB copy."""
     rows = np.asarray(logits, dtype=np.float32)
     k = len(targets)
     if k == 0:
@@ -132,18 +143,7 @@ def scored_tokens(logits: np.ndarray, targets: Sequence[int], top_n: int,
         m = rows[at, best]
     else:
         m = rows.max(axis=1)
-    buf = scratch[:k] if scratch is not None and scratch.shape[0] >= k \
-        and scratch.shape[1] == rows.shape[1] else np.empty_like(rows)
-    if -80.0 < m.min() and m.max() < 60.0:
-        # exp without shifting by the row maximum: no overflow (262144 * e^60 < 3.4e38) and
-        # the maximum cannot underflow, so the log-sum-exp is as exact in one pass less
-        np.exp(rows, out=buf)
-        lse = np.log(buf.sum(axis=1, dtype=np.float64))
-    else:
-        np.subtract(rows, m[:, None], out=buf)
-        np.exp(buf, out=buf)
-        lse = m.astype(np.float64) + np.log(buf.sum(axis=1, dtype=np.float64))
-    chosen = rows[at, np.asarray(targets)] - lse
+    raw = rows[at, np.asarray(targets)].astype(np.float64)
     if top_n == 0:
         top = np.empty((k, 0), dtype=np.int64)
     elif top_n == 1:
@@ -152,6 +152,29 @@ def scored_tokens(logits: np.ndarray, targets: Sequence[int], top_n: int,
         part = np.argpartition(-rows, top_n, axis=1)[:, :top_n]
         order = np.argsort(-np.take_along_axis(rows, part, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(part, order, axis=1)
+    top_raw = np.take_along_axis(rows, top, axis=1).astype(np.float64)
+    buf = rows if in_place and rows.flags.writeable else np.empty_like(rows)
+    # exp without shifting by the row maximum where that cannot overflow or lose the maximum
+    # (262144 * e^60 < 3.4e38): one pass less over 1 MB a row
+    shift = not (-80.0 < m.min() and m.max() < 60.0)
+
+    def lse(lo: int, hi: int) -> np.ndarray:
+        if shift:
+            np.subtract(rows[lo:hi], m[lo:hi, None], out=buf[lo:hi])
+            np.exp(buf[lo:hi], out=buf[lo:hi])
+        else:
+            np.exp(rows[lo:hi], out=buf[lo:hi])
+        total = np.log(buf[lo:hi].sum(axis=1).astype(np.float64))  # float32 sum: ~1e-6
+        return total + m[lo:hi] if shift else total
+
+    if k >= 16:
+        half = k // 2
+        a, b = _pool().map(lse, (0, half), (half, k))
+        norm = np.concatenate([a, b])
+    else:
+        norm = lse(0, k)
+    chosen = raw - norm
+    alt = top_raw - norm[:, None]
 
     def entry(tok: int, logprob: float) -> TopLogprob:
         b = piece(tok)
@@ -160,6 +183,6 @@ def scored_tokens(logits: np.ndarray, targets: Sequence[int], top_n: int,
     out = []
     for r, t in enumerate(targets):
         e = entry(int(t), float(chosen[r]))
-        alts = tuple(entry(int(a), float(rows[r, a] - lse[r])) for a in top[r])
+        alts = tuple(entry(int(a), float(alt[r, j])) for j, a in enumerate(top[r]))
         out.append(TokenLogprob(e.token, e.logprob, e.bytes, alts))
     return out

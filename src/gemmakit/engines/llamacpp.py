@@ -295,7 +295,6 @@ class LlamaCppEngine(Engine):
         self.eog_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
         self._pieces: dict[int, bytes] = {}
-        self._score_buf: np.ndarray | None = None  # scratch for scored prompts (worker only)
         self._piece_buf = ctypes.create_string_buffer(256)
 
         # Shared between the event loop (submit) and the worker (admit): guarded by _cond.
@@ -753,11 +752,11 @@ class LlamaCppEngine(Engine):
         targets = prompt[pos + 1: pos + k + 1]
         ptr = self._ll.llama_get_logits_ith(self._ctx, idx)
         rows = np.ctypeslib.as_array(ptr, shape=(k, self.n_vocab))[: len(targets)]
-        if self._score_buf is None:  # allocated on first use: 64 MB, kept for the next
-            self._score_buf = np.empty((SCORE_ROWS, self.n_vocab), dtype=np.float32)
+        # In place: llama.cpp's rows are not read again (the last prompt row, which the first
+        # generated token is sampled from, is not among them).
         seq.prompt_lp += scored_tokens(rows, targets,
                                        seq.request.sampling.prompt_logprobs or 0,
-                                       self.token_piece, self._score_buf)
+                                       self.token_piece, in_place=True)
 
     def _finish_scoring(self, seq: _Sequence) -> Chunk | None:
         """The end of a sequence that generates nothing (max_tokens 0): its prompt scored."""

@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from gemmakit.engines.base import Engine
 from gemmakit.engines.common import (
     Pending,
@@ -391,7 +389,6 @@ class TransformersEngine(Engine):
         step = SCORE_ROWS if len(inputs) == 1 else len(ids)
         cache = None
         last = None
-        scratch = np.empty((min(step, len(ids)), self.n_vocab), dtype=np.float32)
         for start in range(0, len(ids), step):
             chunk_inputs = inputs if step == len(ids) else {
                 "input_ids": torch.tensor([ids[start:start + step]], device=self.model.device)}
@@ -400,9 +397,9 @@ class TransformersEngine(Engine):
             cache = out.past_key_values
             rows = out.logits[0].float().cpu()
             targets = ids[start + 1:start + step + 1]
+            last = rows[-1].clone()
             scored += scored_tokens(rows[:len(targets)].numpy(), targets, top_n,
-                                    self.token_piece, scratch)
-            last = rows[-1]
+                                    self.token_piece, in_place=True)
         return last, cache, scored
 
     def _logprob_fn(self, logits: Any, top_n: int):

@@ -38,16 +38,19 @@ def test_logprobs_equal_a_float64_log_softmax(shift):
             or int(e.token) in alts
 
 
-def test_top_one_is_the_argmax_and_scratch_is_reused_without_touching_the_logits():
+@pytest.mark.parametrize("k", [4, 40])  # one thread, two
+def test_top_one_is_the_argmax_in_place_or_not(k):
     rng = np.random.default_rng(1)
-    rows = rng.standard_normal((4, V)).astype(np.float32)
+    rows = rng.standard_normal((k, V)).astype(np.float32)
     before = rows.copy()
-    scratch = np.full((8, V), np.nan, dtype=np.float32)
-    a = scored_tokens(rows, [1, 2, 3, 4], 1, lambda t: b"x", scratch)
-    b = scored_tokens(rows, [1, 2, 3, 4], 1, lambda t: b"x")
-    assert np.array_equal(rows, before)
+    targets = list(range(1, k + 1))
+    b = scored_tokens(rows, targets, 1, lambda t: b"x")
+    assert np.array_equal(rows, before)  # not in place: untouched
+    a = scored_tokens(rows, targets, 1, lambda t: b"x", in_place=True)
     assert [e.logprob for e in a] == [e.logprob for e in b]
-    assert [len(e.top) for e in a] == [1] * 4
+    assert np.allclose([e.logprob for e in a], _reference(before, targets), atol=1e-5)
+    rows = before
+    assert [len(e.top) for e in a] == [1] * k
     for row, e in zip(rows, a):
         assert e.top[0].logprob == pytest.approx(float(row.max()) - float(
             np.log(np.exp(row.astype(np.float64)).sum())), abs=1e-5)
