@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 
+from gemmakit.engines.llamacpp import SCORE_ROWS
 from gemmakit.types import GenerationRequest, SamplingParams
 
 MODEL = "gemma-3-270m"
@@ -99,9 +100,10 @@ def test_the_official_client_reads_the_scores(client):
 
 
 def test_a_long_prompt_is_scored_in_chunks_beside_a_running_stream(engine):
-    """Over SCORE_ROWS tokens (several chunks), while another sequence decodes: every token is
-    scored, and the scores match those of the same prompt scored alone."""
-    ids = [2] + engine.tokenize("Bees make honey from the nectar of flowers. " * 25)
+    """Over SCORE_ROWS tokens (several chunks), while another sequence decodes (chunks of the
+    prefill budget, 128): every token is scored, and the scores match those of the same prompt
+    scored alone."""
+    ids = [2] + engine.tokenize("Bees make honey from the nectar of flowers. " * 45)
     scoring = SamplingParams(temperature=0, max_tokens=0, prompt_logprobs=1)
 
     async def score() -> list[float]:
@@ -122,7 +124,7 @@ def test_a_long_prompt_is_scored_in_chunks_beside_a_running_stream(engine):
 
     alone = asyncio.run(score())
     together = asyncio.run(beside())
-    assert len(alone) == len(together) == len(ids) - 1 > 128
+    assert len(alone) == len(together) == len(ids) - 1 > SCORE_ROWS
     assert max(abs(a - b) for a, b in zip(alone, together)) < 0.5
     assert sum(abs(a - b) for a, b in zip(alone, together)) / len(alone) < 0.02
 

@@ -61,10 +61,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gemmakit.engine.llamacpp")
 
 MIN_PREFIX_REUSE = 32  # tokens: shorter shared prefixes are recomputed
-SCORE_ROWS = 64
-"""Prompt positions whose logits one decode computes for scored prompts (`prompt_logprobs`):
-llama.cpp keeps a float logits row of the whole vocabulary per position (1 MB for Gemma's 262k),
-so a scored prompt is prefilled in chunks of at most this many tokens."""
+SCORE_ROWS = 256
+"""At most this many prompt positions (and at most the batch size) get their logits in one decode
+when a prompt is scored (`prompt_logprobs`): llama.cpp keeps a float logits row of the whole
+vocabulary per position (1 MB for Gemma's 262k) in an output buffer that stays allocated at its
+largest size, so a scored prompt is prefilled in chunks of this many tokens (256 MB once).
+Smaller chunks cost more: measured with `gemmakit bench --scoring`, see docs/batching.md."""
 
 _llama = None
 
@@ -653,7 +655,7 @@ class LlamaCppEngine(Engine):
         if prefilling:
             any_decoding = any(not s.prefilling for s in self._active)
             budget = self.prefill_chunk if any_decoding else self.batch_size
-            rows = SCORE_ROWS  # logits rows left in this decode for scored prompts
+            rows = min(SCORE_ROWS, self.batch_size)  # logits rows left for scored prompts
             plan = []
             for seq in prefilling:
                 take = min(budget, len(seq.request.prompt_tokens) - seq.n_prompt_done)
