@@ -319,3 +319,105 @@ def _pings(client: Any) -> bool:
         return bool(client.ping())
     except Exception:
         return False
+
+
+def _postgres_bindir() -> str | None:
+    """The directory of initdb/pg_ctl: on PATH, Debian's /usr/lib/postgresql/*/bin, or installed
+    from the system package manager (CI runs as root); None if impossible."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    def find() -> str | None:
+        exe = shutil.which("initdb")
+        if exe is not None:
+            return os.path.dirname(os.path.realpath(exe))
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                       key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+        return os.path.dirname(found[-1]) if found else None
+
+    bindir = find()
+    if bindir is None and shutil.which("apt-get") is not None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
+            subprocess.run(cmd, capture_output=True, timeout=900, env=env)
+        bindir = find()
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session (installed if missing): `initdb` into a temporary
+    directory, `pg_ctl start` on a free loopback port with its unix socket in that directory.
+    PostgreSQL refuses to run as root, so as root it runs as `nobody`. Yields the server's URL
+    without a database (`postgresql://gemmakit@127.0.0.1:PORT`); see `postgres_url`."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed and cannot be installed here")
+    as_user: list[str] = []
+    # Not under pytest's temporary root: that is private to root, and the server's user must
+    # own its data directory.
+    workdir = tempfile.mkdtemp(prefix="gemmakit-pg-")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("running as root and there is no unprivileged user 'nobody' to run "
+                        "PostgreSQL as")
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL unprivileged")
+        os.chown(workdir, nobody.pw_uid, nobody.pw_gid)
+        as_user = ["runuser", "-u", "nobody", "--"]
+    data = os.path.join(workdir, "data")
+    init = subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-U", "gemmakit",
+                           "--auth=trust", "-E", "UTF8", "--no-locale"],
+                          capture_output=True, text=True, timeout=300)
+    if init.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Durability off: a test database need not survive a power cut, and the machine is shared.
+    options = (f"-p {port} -h 127.0.0.1 -k {workdir} -c fsync=off -c synchronous_commit=off "
+               "-c full_page_writes=off -c max_connections=200")
+    start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-l",
+                            os.path.join(workdir, "server.log"), "-w", "-t", "120", "-o", options,
+                            "start"], capture_output=True, text=True, timeout=180)
+    if start.returncode != 0:
+        log_file = os.path.join(workdir, "server.log")
+        log_text = open(log_file).read()[-500:] if os.path.exists(log_file) else ""
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"pg_ctl start failed: {start.stderr.strip()} {log_text}")
+    try:
+        yield f"postgresql://gemmakit@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server for one test, dropped after:
+    `postgresql://gemmakit@127.0.0.1:PORT/t_<random>`."""
+    import secrets
+
+    import psycopg
+
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"{postgres_server}/{name}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -149,6 +149,21 @@ class Settings(BaseSettings):
     """Where per-key rate-limit windows live: memory (this process) or redis://HOST:PORT/DB
     (shared by every replica using the same Redis)."""
 
+    store: str | None = None
+    """Where API keys and the usage ledger live: the SQLite file in the data directory (the
+    default), sqlite:///PATH, or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (shared by every
+    replica naming it; the postgres extra). Applies its migrations when opened."""
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        from gemmakit.safety.store import check_url
+
+        try:
+            return check_url(v)
+        except GemmakitError as e:
+            raise ValueError(e.message) from None
+
     usage_ledger: bool = True
     """Record every API request (key, model, tokens, status, latency; never content) in the
     usage ledger under the data directory."""

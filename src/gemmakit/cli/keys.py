@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--rpm", type=_positive, help="Requests per minute (default: unlimited).")
     c.add_argument("--tpm", type=_positive, help="Tokens per minute, prompt + completion "
                    "(default: unlimited).")
-    c.add_argument("--models", help="Comma-separated models the key may use (default: all).")
+    # dest: not `models`, which is a server setting (--model NAME=MODEL ...) that load_settings reads.
+    c.add_argument("--models", dest="key_models",
+                   help="Comma-separated models the key may use (default: all).")
     c.add_argument("--expires", metavar="DATE", help="Expiry: YYYY-MM-DD or an ISO date-time "
                    "(UTC unless it names a zone).")
     c.add_argument("--json", action="store_true", help="Machine-readable output.")
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ro.add_argument("name")
     ro.add_argument("--json", action="store_true", help="Machine-readable output.")
     for sp in (c, lst, r, ro):
-        settings_flags(sp, ("home", "log_level"))
+        settings_flags(sp, ("home", "store", "log_level"))
 
 
 def _when(ts: float | None) -> str:
@@ -74,12 +76,14 @@ def _print_secret(k, secret: str, as_json: bool, verb: str) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from gemmakit.safety.auth import KeyStore, parse_expiry
+    from gemmakit.safety.store import open_state_store
 
     settings = load_settings(ns)
-    store = KeyStore(settings.home)
+    state = open_state_store(settings.store, settings.home)  # --store: SQLite or PostgreSQL
+    store = KeyStore(state)
     try:
         if ns.keys_command == "create":
-            models = ns.models.split(",") if ns.models else None
+            models = ns.key_models.split(",") if ns.key_models else None
             key, secret = store.create(ns.name, rpm=ns.rpm, tpm=ns.tpm, models=models,
                                        expires_at=parse_expiry(ns.expires))
             _print_secret(key, secret, ns.json, "Created")
@@ -106,5 +110,5 @@ def run(ns: argparse.Namespace) -> int:
                                                               if ns.all else []))
             Console().print(table)
     finally:
-        store.close()
+        state.close()
     return 0

@@ -16,15 +16,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", default="24h", help="A duration ago (90m, 24h, 7d) or an ISO "
                    "date / date-time (default: 24h).")
     p.add_argument("--json", action="store_true", help="Machine-readable output.")
-    settings_flags(p, ("home", "log_level"))
+    settings_flags(p, ("home", "store", "log_level"))
 
 
 def run(ns: argparse.Namespace) -> int:
+    from gemmakit.safety.store import open_state_store
     from gemmakit.safety.usage import parse_since, read_summary
 
     settings = load_settings(ns)
     since = parse_since(ns.since)
-    rows = read_summary(settings.home, since=since, key_name=ns.key)
+    state = open_state_store(settings.store, settings.home)  # --store: SQLite or PostgreSQL
+    try:
+        rows = read_summary(state, since=since, key_name=ns.key)
+    finally:
+        state.close()
     if ns.json:
         print(json.dumps(rows, indent=2))
         return 0

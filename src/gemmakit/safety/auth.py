@@ -9,18 +9,18 @@ has 256 bits of entropy, so a slow password hash would add latency and no securi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gemmakit.errors import GemmakitError, InvalidRequestError
-from gemmakit.safety.store import connect, epoch_from_iso
+from gemmakit.safety.store import StateStore, epoch_from_iso, open_state_store
 
 PREFIX = "gk-"
 _ID_CHARS = 12  # hex characters of the public id
@@ -77,7 +77,7 @@ def parse_expiry(value: str | None) -> float | None:
                                   "date-time", param="expires") from None
 
 
-def _row_to_key(row: sqlite3.Row) -> ApiKey:
+def _row_to_key(row: Mapping[str, Any]) -> ApiKey:
     models = row["models"]
     return ApiKey(id=row["id"], name=row["name"], rpm=row["rpm"], tpm=row["tpm"],
                   models=tuple(models.split(",")) if models is not None else None,
@@ -86,15 +86,19 @@ def _row_to_key(row: sqlite3.Row) -> ApiKey:
 
 
 class KeyStore:
-    """API keys in the SQLite store under the data directory."""
+    """API keys in the state store: a `StateStore` (`gemmakit.safety.store`, SQLite or
+    PostgreSQL), or a data directory, meaning its SQLite file. A store passed in is shared and
+    stays open on `close()`; one opened here is closed."""
 
-    def __init__(self, home: Path) -> None:
-        self._conn = connect(home)
-        self._lock = threading.Lock()
+    def __init__(self, store: StateStore | Path | str) -> None:
+        self._owned = isinstance(store, (Path, str))
+        self.store: StateStore = (open_state_store(None, store)
+                                  if isinstance(store, (Path, str)) else store)
         self._touched: dict[str, float] = {}
 
     def close(self) -> None:
-        self._conn.close()
+        if self._owned:
+            self.store.close()
 
     # --- administration (the `gemmakit keys` commands) ------------------------------------
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
@@ -108,52 +112,39 @@ class KeyStore:
                 raise InvalidRequestError(f"--{flag} must be at least 1", param=flag)
         model_list = [m.strip() for m in models or () if m.strip()] or None
         key_id, secret = _new_secret()
-        now = time.time()
-        with self._lock:
-            if self._active_row(name) is not None:
-                raise InvalidRequestError(f"a key named '{name}' exists (revoke or rotate it)",
-                                          param="name")
-            self._conn.execute(
-                "INSERT INTO api_keys (id, name, secret_hash, rpm, tpm, models, expires_at, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, name, hash_secret(secret), rpm, tpm,
-                 ",".join(model_list) if model_list else None, expires_at, now))
-        return self.get(name), secret  # type: ignore[return-value]
+        # The database's unique index decides, so two processes creating one name cannot both win.
+        if not self.store.insert_key({
+                "id": key_id, "name": name, "secret_hash": hash_secret(secret), "rpm": rpm,
+                "tpm": tpm, "models": ",".join(model_list) if model_list else None,
+                "expires_at": expires_at, "created_at": time.time()}):
+            raise InvalidRequestError(f"a key named '{name}' exists (revoke or rotate it)",
+                                      param="name")
+        return self._key(key_id), secret
 
     def rotate(self, name: str) -> tuple[ApiKey, str]:
         """Replace a key's secret (same name and limits); the old secret stops working now."""
         key_id, secret = _new_secret()
-        with self._lock:
-            row = self._active_row(name)
-            if row is None:
-                raise InvalidRequestError(f"no active key named '{name}'", param="name")
-            self._conn.execute("UPDATE api_keys SET id = ?, secret_hash = ?, last_used_at = NULL "
-                               "WHERE id = ?", (key_id, hash_secret(secret), row["id"]))
-        return self.get(name), secret  # type: ignore[return-value]
+        if not self.store.replace_secret(name, key_id, hash_secret(secret)):
+            raise InvalidRequestError(f"no active key named '{name}'", param="name")
+        return self._key(key_id), secret
 
     def revoke(self, name: str) -> ApiKey:
-        with self._lock:
-            row = self._active_row(name)
-            if row is None:
-                raise InvalidRequestError(f"no active key named '{name}'", param="name")
-            self._conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
-                               (time.time(), row["id"]))
-        return _row_to_key(self._conn.execute("SELECT * FROM api_keys WHERE id = ?",
-                                              (row["id"],)).fetchone())
+        row = self.store.revoke_key(name, time.time())
+        if row is None:
+            raise InvalidRequestError(f"no active key named '{name}'", param="name")
+        return _row_to_key(row)
 
     def get(self, name: str) -> ApiKey | None:
-        row = self._active_row(name)
+        row = self.store.active_key(name)
         return _row_to_key(row) if row is not None else None
 
     def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
-        sql = "SELECT * FROM api_keys"
-        if not include_revoked:
-            sql += " WHERE revoked_at IS NULL"
-        return [_row_to_key(r) for r in self._conn.execute(sql + " ORDER BY created_at")]
+        return [_row_to_key(r) for r in self.store.list_keys(include_revoked=include_revoked)]
 
-    def _active_row(self, name: str) -> sqlite3.Row | None:
-        return self._conn.execute("SELECT * FROM api_keys WHERE name = ? AND revoked_at IS NULL",
-                                  (name,)).fetchone()
+    def _key(self, key_id: str) -> ApiKey:
+        row = self.store.key_by_id(key_id)
+        assert row is not None
+        return _row_to_key(row)
 
     # --- the request path -------------------------------------------------------------------
     def authenticate(self, secret: str | None) -> ApiKey:
@@ -164,7 +155,7 @@ class KeyStore:
                                       "'x-api-key: <key>'.")
         presented = hash_secret(secret)
         key_id = secret[len(PREFIX):len(PREFIX) + _ID_CHARS] if secret.startswith(PREFIX) else ""
-        row = self._conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        row = self.store.key_by_id(key_id) if key_id else None
         # Compare even when no row matched, so timing does not tell a known id from an unknown one.
         stored = row["secret_hash"] if row is not None else hash_secret(PREFIX)
         if not hmac.compare_digest(stored, presented) or row is None:
@@ -182,8 +173,18 @@ class KeyStore:
         if now - self._touched.get(key.id, 0.0) < 60:
             return
         self._touched[key.id] = now
-        with self._lock:
-            self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key.id))
+        self.store.touch_key(key.id, now)
+
+    async def admit(self, secret: str | None) -> ApiKey:
+        """`authenticate` then `touch`, for the request path: in a worker thread when the store
+        is across a network (a slow database must not stall the event loop), inline for the
+        local file (microseconds)."""
+        def check() -> ApiKey:
+            key = self.authenticate(secret)
+            self.touch(key)
+            return key
+
+        return await asyncio.to_thread(check) if self.store.remote else check()
 
 
 def secret_from_headers(headers: Mapping[bytes, bytes]) -> str | None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gemmakit.pipeline import Finished
     from gemmakit.safety.auth import ApiKey, KeyStore
     from gemmakit.safety.classifier import Classifier
+    from gemmakit.safety.store import StateStore
     from gemmakit.safety.usage import UsageLedger
     from gemmakit.service import ChoiceResult, Prepared
     from gemmakit.settings import Settings
@@ -46,6 +47,8 @@ class Safety:
     settings: Settings
     limits: RequestLimits
     media: MediaPolicy
+    state: StateStore | None = None
+    """Where keys and the usage ledger live (`--store`)."""
     keys: KeyStore | None = None
     limiter: RateLimitStore | None = None
     ledger: UsageLedger | None = None
@@ -60,15 +63,20 @@ class Safety:
                      MediaPolicy(allow_remote=s.allow_remote_media,
                                  allow_private=s.remote_media_private, media_dir=s.media_dir,
                                  max_bytes=s.max_image_bytes))
-        if server and s.auth:
-            from gemmakit.safety.auth import KeyStore
+        if server and (s.auth or s.usage_ledger):
+            # One state store for keys and ledger: SQLite, or PostgreSQL shared by replicas.
+            from gemmakit.safety.store import open_state_store
 
-            safety.keys = KeyStore(s.home)
-            safety.limiter = open_store(s.ratelimit_store)
-        if server and s.usage_ledger:
-            from gemmakit.safety.usage import UsageLedger
+            state = safety.state = open_state_store(s.store, s.home)
+            if s.auth:
+                from gemmakit.safety.auth import KeyStore
 
-            safety.ledger = UsageLedger(s.home)
+                safety.keys = KeyStore(state)
+                safety.limiter = open_store(s.ratelimit_store)
+            if s.usage_ledger:
+                from gemmakit.safety.usage import UsageLedger
+
+                safety.ledger = UsageLedger(state)
         if s.policy.rules:
             safety.policy = Policy(s.policy)
         if s.policy.classifier.enabled:
@@ -111,6 +119,8 @@ class Safety:
             self.ledger.close()
         if self.keys is not None:
             self.keys.close()
+        if self.state is not None:
+            self.state.close()
 
 
 @dataclass

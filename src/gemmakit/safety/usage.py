@@ -1,12 +1,13 @@
 """The usage ledger: one row per API request (key, model, token counts, status, latency) in the
-SQLite store — never content. Writes go through one background thread in batches, so the event
-loop never waits on the disk."""
+state store (`gemmakit.safety.store`: SQLite, or PostgreSQL shared by replicas) — never content.
+Writes go through one background thread in batches, so the event loop never waits on the disk or
+the network; a batch the store cannot take (PostgreSQL unreachable) is kept and retried."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
-import sqlite3
 import threading
 import time
 from dataclasses import astuple, dataclass
@@ -14,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from gemmakit.errors import InvalidRequestError
-from gemmakit.safety.store import connect, epoch_from_iso
+from gemmakit.safety.store import (
+    StateStore,
+    StoreUnavailableError,
+    UsageRow,
+    epoch_from_iso,
+    open_state_store,
+)
+
+log = logging.getLogger("gemmakit.usage")
+
+_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # back-off while the store is unavailable
 
 
 @dataclass(frozen=True)
@@ -31,15 +42,20 @@ class UsageRecord:
     latency_ms: float
 
 
-_INSERT = ("INSERT INTO usage (ts, request_id, key_name, method, path, model, prompt_tokens, "
-           "completion_tokens, status, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+def _owned(source: StateStore | Path | str) -> tuple[StateStore, bool]:
+    if isinstance(source, (Path, str)):
+        return open_state_store(None, source), True
+    return source, False
 
 
 class UsageLedger:
-    def __init__(self, home: Path) -> None:
-        self._home = home
-        self._read = connect(home)
+    """The ledger over a `StateStore`, or a data directory (its SQLite file). A store passed in
+    is shared and stays open on `close()`."""
+
+    def __init__(self, source: StateStore | Path | str) -> None:
+        self.store, self._owned = _owned(source)
         self._q: queue.Queue[UsageRecord | threading.Event | None] = queue.Queue()
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._writer, name="gemmakit-usage", daemon=True)
         self._thread.start()
 
@@ -47,81 +63,79 @@ class UsageLedger:
         self._q.put(rec)
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything recorded so far is on disk."""
+        """Wait until everything recorded so far is in the store."""
         done = threading.Event()
         self._q.put(done)
         done.wait(timeout)
 
     def close(self) -> None:
+        self._closing.set()
         self._q.put(None)
         self._thread.join(timeout=10)
-        self._read.close()
+        if self._owned:
+            self.store.close()
 
     def _writer(self) -> None:
-        conn = connect(self._home)
-        try:
+        pending: list[UsageRow] = []
+        stop = False
+        while not stop:
+            item = self._q.get()
+            events = []
             while True:
-                item = self._q.get()
-                batch, events, stop = [], [], False
-                while True:
-                    if item is None:
-                        stop = True
-                    elif isinstance(item, threading.Event):
-                        events.append(item)
-                    else:
-                        batch.append(astuple(item))
-                    try:
-                        item = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    with conn:
-                        conn.executemany(_INSERT, batch)
-                for e in events:
-                    e.set()
-                if stop:
-                    return
-        finally:
-            conn.close()
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    pending.append(astuple(item))
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+            pending = self._write(pending)
+            for e in events:
+                e.set()
+        if pending:
+            log.error("usage ledger: %d rows not written: the store %s is unavailable",
+                      len(pending), self.store.name)
+
+    def _write(self, rows: list[UsageRow]) -> list[UsageRow]:
+        """Write `rows`; while the store is unavailable, retry with back-off (rows stay queued,
+        in order) until the ledger closes, which gets one last try. Returns what is unwritten."""
+        attempt = 0
+        while rows:
+            try:
+                self.store.insert_usage(rows)
+                return []
+            except StoreUnavailableError as e:
+                if attempt == 0:
+                    log.warning("usage ledger: %d rows waiting, the store is unavailable (%s)",
+                                len(rows), e.detail)
+                if self._closing.is_set() and attempt > 0:
+                    return rows
+                self._closing.wait(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+                attempt += 1
+        return rows
 
     # --- queries ----------------------------------------------------------------------------
     def window(self, key_name: str | None, since: float) -> dict[str, int]:
-        row = self._read.execute(
-            "SELECT COUNT(*) AS requests, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
-            "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
-            "COALESCE(SUM(status >= 400), 0) AS errors FROM usage WHERE key_name IS ? AND ts >= ?",
-            (key_name, since)).fetchone()
-        return dict(row)
+        return self.store.usage_window(key_name, since)
 
     def summary(self, *, since: float | None = None, key_name: str | None = None
                 ) -> list[dict[str, Any]]:
-        return _summary(self._read, since, key_name)
+        return self.store.usage_summary(since=since, key_name=key_name)
 
 
-def read_summary(home: Path, *, since: float | None = None, key_name: str | None = None
-                 ) -> list[dict[str, Any]]:
-    """The ledger summary without starting a writer (the `gemmakit usage` command)."""
-    conn = connect(home)
+def read_summary(source: StateStore | Path | str, *, since: float | None = None,
+                 key_name: str | None = None) -> list[dict[str, Any]]:
+    """The ledger summary without starting a writer (the `gemmakit usage` command): from a
+    store, or from the SQLite file of a data directory."""
+    store, owned = _owned(source)
     try:
-        return _summary(conn, since, key_name)
-    except sqlite3.Error as e:  # pragma: no cover - a damaged file
-        raise InvalidRequestError(f"cannot read the usage ledger: {e}") from None
+        return store.usage_summary(since=since, key_name=key_name)
     finally:
-        conn.close()
-
-
-def _summary(conn: sqlite3.Connection, since: float | None, key_name: str | None
-             ) -> list[dict[str, Any]]:
-    """Per key and model: requests, errors, tokens, mean latency."""
-    sql = ("SELECT key_name, model, COUNT(*) AS requests, SUM(status >= 400) AS errors, "
-           "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
-           "AVG(latency_ms) AS mean_latency_ms, MAX(ts) AS last_ts FROM usage WHERE ts >= ?")
-    args: list[Any] = [since or 0.0]
-    if key_name is not None:
-        sql += " AND key_name = ?"
-        args.append(key_name)
-    sql += " GROUP BY key_name, model ORDER BY key_name, model"
-    return [dict(r) for r in conn.execute(sql, args)]
+        if owned:
+            store.close()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")

@@ -29,6 +29,7 @@ from gemmakit.pipeline import CLIENT_CLOSED, Caller, Finished, Sink
 from gemmakit.safety.auth import ApiKey, AuthenticationError, secret_from_headers
 from gemmakit.safety.layer import LOUD, TOKENIZER_PATHS, Safety
 from gemmakit.safety.ratelimit import Decision, Limits, RateLimitError, headers_for
+from gemmakit.safety.store import StoreUnavailableError
 from gemmakit.server.errors import error_body, gemmakit_error_body
 from gemmakit.server.streaming import dumps
 
@@ -84,14 +85,16 @@ class Guard:
                     "request_header_fields_too_large"))
             if s.needs_key(path):
                 try:
-                    key = s.keys.authenticate(secret_from_headers(dict(raw_headers))) \
+                    key = await s.keys.admit(secret_from_headers(dict(raw_headers))) \
                         if s.keys is not None else None
                 except AuthenticationError as e:
                     return await _send_error(send_with_limits, 401, gemmakit_error_body(e),
                                              {"www-authenticate": "Bearer"})
+                except StoreUnavailableError as e:  # PostgreSQL unreachable: 503, not 500
+                    return await _send_error(send_with_limits, 503, gemmakit_error_body(e),
+                                             {"retry-after": "1"})
                 if key is not None:
                     state["key"] = key
-                    s.keys.touch(key)  # type: ignore[union-attr]
                     decision = await self._admit_rpm(rid, key)
                     if decision is not None and not decision.allowed:
                         err = RateLimitError(
