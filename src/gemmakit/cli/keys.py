@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--tpm", type=_positive, help="Tokens per minute, prompt + completion "
                    "(default: unlimited).")
     # dest: not `models`, which is a server setting (--model NAME=MODEL ...) that load_settings reads.
-    c.add_argument("--models", dest="key_models",
+    c.add_argument("--models", dest="key_models", metavar="MODELS",
                    help="Comma-separated models the key may use (default: all).")
     c.add_argument("--expires", metavar="DATE", help="Expiry: YYYY-MM-DD or an ISO date-time "
                    "(UTC unless it names a zone).")
