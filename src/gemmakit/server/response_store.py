@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS responses (
     key_id     TEXT,            -- the API key that created it; NULL when served without --auth
     created_at REAL NOT NULL,
     response   TEXT NOT NULL,   -- the Response object, JSON
-    context    TEXT NOT NULL    -- the input items before its output, JSON (previous ones first)
+    context    TEXT NOT NULL,   -- the input items before its output, JSON (previous ones first)
+    n_prior    INTEGER NOT NULL DEFAULT 0  -- how many of them came from previous responses
 );
 """
 
@@ -43,6 +44,12 @@ class StoredResponse:
     key_id: str | None
     response: dict[str, Any]
     context: list[dict[str, Any]]
+    n_prior: int = 0
+    """How many items of `context` came from previous responses (the rest are its input)."""
+
+    def input_items(self) -> list[dict[str, Any]]:
+        """The items of this response's own `input` (GET /v1/responses/{id}/input_items)."""
+        return self.context[self.n_prior:]
 
     def conversation(self) -> list[dict[str, Any]]:
         """What a response continuing this one starts from: its input items, then its output."""
@@ -61,6 +68,9 @@ class ResponseStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+        if "n_prior" not in columns:  # a file written before input_items were listed
+            conn.execute("ALTER TABLE responses ADD COLUMN n_prior INTEGER NOT NULL DEFAULT 0")
         return conn
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
@@ -74,17 +84,19 @@ class ResponseStore:
     async def put(self, rec: StoredResponse) -> None:
         await asyncio.to_thread(
             self._run, "INSERT OR REPLACE INTO responses (id, key_id, created_at, response, "
-            "context) VALUES (?, ?, ?, ?, ?)",
+            "context, n_prior) VALUES (?, ?, ?, ?, ?, ?)",
             (rec.id, rec.key_id, time.time(), json.dumps(rec.response, ensure_ascii=False),
-             json.dumps(rec.context, ensure_ascii=False)))
+             json.dumps(rec.context, ensure_ascii=False), rec.n_prior))
 
     async def get(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         rows, _ = await asyncio.to_thread(
-            self._run, "SELECT response, context FROM responses WHERE id = ? AND key_id IS ?",
-            (response_id, key_id))
+            self._run, "SELECT response, context, n_prior FROM responses WHERE id = ? AND "
+            "key_id IS ?", (response_id, key_id))
         if not rows:
             return None
-        return StoredResponse(response_id, key_id, json.loads(rows[0][0]), json.loads(rows[0][1]))
+        response, context, n_prior = rows[0]
+        return StoredResponse(response_id, key_id, json.loads(response), json.loads(context),
+                              n_prior)
 
     async def delete(self, response_id: str, key_id: str | None) -> bool:
         _, n = await asyncio.to_thread(

@@ -411,3 +411,50 @@ def test_official_client_create_stream_retrieve_delete(engine, tmp_path):
         client.responses.delete(final.id)
         with pytest.raises(NotFoundError):
             client.responses.retrieve(final.id)
+
+
+def test_input_items_list_a_responses_own_input(client, engine):
+    engine.queue_text("I am Gemma.")
+    first = post(client, input="Who are you?").json()
+    engine.queue_text("ok")
+    second = post(client, previous_response_id=first["id"], input=[
+        {"role": "user", "content": "one"},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "two"}]},
+        {"role": "user", "content": "three"}]).json()
+    assert "id" in second, second
+    url = f"{PATH}/{second['id']}/input_items"
+    page = client.get(url, params={"order": "asc"}).json()
+    # only this response's input, not the conversation before it
+    texts = [i["content"][0]["text"] for i in page["data"]]
+    assert texts == ["one", "two", "three"] and page["has_more"] is False
+    assert all(i["type"] == "message" and i["id"] for i in page["data"])
+    assert client.get(url).json()["data"][0]["content"][0]["text"] == "three"  # desc default
+    # pages: limit, after, before
+    p1 = client.get(url, params={"order": "asc", "limit": 2}).json()
+    assert [i["content"][0]["text"] for i in p1["data"]] == ["one", "two"] and p1["has_more"]
+    p2 = client.get(url, params={"order": "asc", "after": p1["last_id"]}).json()
+    assert [i["content"][0]["text"] for i in p2["data"]] == ["three"]
+    back = client.get(url, params={"order": "asc", "before": p2["first_id"]}).json()
+    assert [i["id"] for i in back["data"]] == [i["id"] for i in p1["data"]]
+    assert client.get(url, params={"order": "asc"}).json()["data"] == page["data"]  # stable ids
+    for params, param in (({"limit": 0}, "limit"), ({"limit": "x"}, "limit"),
+                          ({"order": "up"}, "order"), ({"after": "nope"}, "after")):
+        r = client.get(url, params=params)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert client.get(f"{PATH}/resp_unknown/input_items").status_code == 404
+
+
+def test_official_client_lists_input_items(engine, tmp_path):
+    from openai import OpenAI
+
+    from gemmakit.server.app import create_app
+    from gemmakit.settings import Settings
+
+    app = create_app(MODEL, lambda: engine, Settings.load(home=tmp_path / "home"))
+    with uvicorn_thread(app) as base_url:
+        client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+        resp = client.responses.create(model=MODEL, input="hello")
+        items = list(client.responses.input_items.list(resp.id))
+        assert len(items) == 1 and items[0].type == "message"
+        assert items[0].content[0].text == "hello"  # type: ignore[union-attr]

@@ -87,6 +87,54 @@ async def retrieve_response(response_id: str, request: Request) -> Any:
     return rec.response
 
 
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, request: Request) -> Any:
+    """The items of a stored response's own input, as OpenAI lists them: a page of `limit` (1 to
+    100, default 20) in `order` (`desc`, the default, or `asc`), after or before an item id."""
+    q = request.query_params
+    check_encodable(response_id, "response_id")
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise InvalidRequestError("limit must be an integer from 1 to 100.", param="limit")
+    order = q.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequestError("order must be 'asc' or 'desc'.", param="order")
+    rec = await store_of(request).get(response_id, key_id_of(request))
+    if rec is None:
+        raise _not_found(response_id)
+    items = [listed_item(item, f"item_{response_id.removeprefix('resp_')}_{k:04d}")
+             for k, item in enumerate(rec.input_items())]
+    if order == "desc":
+        items.reverse()
+    ids = [i["id"] for i in items]
+    for cursor in ("after", "before"):
+        at = q.get(cursor)
+        if at is not None and at not in ids:
+            raise InvalidRequestError(f"{cursor} names no item of this response.", param=cursor)
+    start = ids.index(q["after"]) + 1 if "after" in q else 0
+    end = ids.index(q["before"]) if "before" in q else len(items)
+    page = items[start:end][:limit]
+    return {"object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": start + len(page) < end}
+
+
+def listed_item(item: dict[str, Any], fallback_id: str) -> dict[str, Any]:
+    """An input item as the list shows it: with an id (its own, else a stable one from its
+    place), a type, and a message's text as content parts."""
+    out = {"id": item.get("id") or fallback_id, **{k: v for k, v in item.items() if k != "id"}}
+    out.setdefault("type", "message")
+    if out["type"] == "message":
+        if isinstance(out.get("content"), str):
+            out["content"] = [{"type": "input_text", "text": out["content"]}]
+        out.setdefault("status", "completed")
+    return out
+
+
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request) -> Any:
     check_encodable(response_id, "response_id")
@@ -200,7 +248,8 @@ class Reply:
     async def save(self, response: dict[str, Any]) -> None:
         if self.body.store:
             await self.store.put(StoredResponse(self.id, self.key_id, response,
-                                                [*self.prior, *self.conv.stored_items()]))
+                                                [*self.prior, *self.conv.stored_items()],
+                                                len(self.prior)))
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         ev = EventStream(self.response, self.body.logprobs)
