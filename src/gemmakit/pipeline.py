@@ -88,6 +88,8 @@ class ChatJob:
 class CompletionJob:
     prompts: Sequence[str | list[int]]
     sampling: SamplingParams
+    grammar: str | None = None
+    """A GBNF grammar every choice follows (the `grammar` extension of /v1/completions)."""
 
 
 @dataclass
@@ -322,8 +324,15 @@ class Run:
                        if isinstance(p, str) else p for k, p in enumerate(prompts)]
             await screen.judge_input("\n\n".join(p for p in prompts if isinstance(p, str)),
                                      "prompt")
+        constraint = None
+        if job.grammar is not None:
+            from gemmakit.tools.constraints import checked_grammar
+
+            constraint = checked_grammar(job.grammar, service.engine.capabilities,
+                                         service.model_name, ignore_eos=job.sampling.ignore_eos)
         await self._admit(service.prepare_completion(prompts, job.sampling,
-                                                     self.caller.request_id))
+                                                     self.caller.request_id,
+                                                     constraint=constraint))
 
     async def _audio(self, job: AudioJob) -> None:
         service, screen = self.pipeline.service, self.screen

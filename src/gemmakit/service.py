@@ -173,7 +173,8 @@ class Service:
         return Prepared(reqs, len(ids), [ids])
 
     def prepare_completion(self, prompts: Sequence[str | list[int]], sampling: SamplingParams,
-                           request_id: str) -> Prepared:
+                           request_id: str, *, constraint: Constraint | None = None
+                           ) -> Prepared:
         if not prompts:
             raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
         reqs: list[GenerationRequest] = []
@@ -190,7 +191,8 @@ class Service:
                 if not ids:
                     raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
             self._check_fits(len(ids), sampling, "prompt")
-            reqs += self._choices(ids, sampling, request_id, frozenset(), len(reqs))
+            reqs += self._choices(ids, sampling, request_id, frozenset(), len(reqs),
+                                  constraint)
             lists.append(ids)
         return Prepared(reqs, sum(len(x) for x in lists), lists)
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,26 @@ def default_home() -> Path:
 
 RoleName = Literal["system", "developer", "user", "assistant", "tool"]
 ContentType = Literal["text", "image_url", "input_audio"]
+
+
+class UpstreamConfig(BaseModel):
+    """One upstream of `--engine remote` (TOML: an `[[upstreams]]` table)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    url: str = Field(pattern=r"^https?://")
+    """Base URL of an OpenAI-compatible server (http://host:port, with or without /v1)."""
+    key: str | None = None
+    """API key sent to it (Authorization: Bearer), health checks included."""
+    weight: float = Field(default=1.0, gt=0)
+    """Share of traffic under --routing weighted (relative to the other upstreams')."""
+    kind: Literal["auto", "gemmakit", "vllm", "llama-server"] = "auto"
+    """What serves it (how constraints and token ids are asked for); auto: detected from its
+    /v1/models (owned_by) or /props."""
+    model: str | None = None
+    """Model id to ask it for (default: the first its /v1/models lists)."""
+    name: str | None = None
+    """Label in metrics and /health (default: host:port)."""
 
 
 class Settings(BaseSettings):
@@ -124,6 +144,52 @@ class Settings(BaseSettings):
             except GemmakitError as e:
                 raise ValueError(e.message) from None
         return v
+
+    # --- the remote engine: a gateway over upstreams (docs/scale.md) --------------------------
+    upstream: list[str] = Field(default_factory=list)
+    """--engine remote: an upstream's base URL (repeat the flag for each): an OpenAI-compatible
+    gemmakit, vLLM or llama-server. TOML [[upstreams]] tables (url, key, weight, kind, model,
+    name) add upstreams with their own key and weight."""
+
+    upstream_key: list[str] = Field(default_factory=list)
+    """API key for the --upstream servers: one for all, or one per --upstream in order."""
+
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    """The config file's [[upstreams]] tables (no flag)."""
+
+    routing: Literal["least-outstanding", "prefix", "weighted"] = "least-outstanding"
+    """How the remote engine picks an upstream: least-outstanding (power of two choices),
+    prefix (the same prompt prefix to the same upstream, for its prefix cache, within
+    --prefix-imbalance) or weighted (smooth weighted round robin)."""
+
+    prefix_tokens: int = Field(default=64, ge=1)
+    """--routing prefix: leading prompt tokens hashed to choose the upstream."""
+
+    prefix_imbalance: int = Field(default=4, ge=0)
+    """--routing prefix: requests the chosen upstream may have in flight beyond the least
+    loaded one's before the request goes to the least loaded one instead."""
+
+    upstream_connect_timeout: float = Field(default=2.0, gt=0)
+    """Seconds to connect to an upstream."""
+
+    upstream_first_byte_timeout: float = Field(default=30.0, gt=0)
+    """Seconds from sending a request to an upstream's first streamed event (its prefill)."""
+
+    upstream_idle_timeout: float = Field(default=15.0, gt=0)
+    """Seconds an upstream stream may go without an event before it is cut."""
+
+    upstream_retries: int = Field(default=2, ge=0)
+    """Retries of a request on other upstreams (connection errors, 429, 5xx, timeouts; only
+    before anything was sent to the client)."""
+
+    upstream_health_interval: float = Field(default=2.0, gt=0)
+    """Seconds between active health checks of each upstream."""
+
+    upstream_failures: int = Field(default=3, ge=1)
+    """Consecutive failures (requests or health checks) that eject an upstream."""
+
+    upstream_cooldown: float = Field(default=5.0, gt=0)
+    """Seconds an ejected upstream waits before one trial request (half-open)."""
 
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are ended

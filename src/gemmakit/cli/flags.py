@@ -39,6 +39,9 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif typing.get_origin(t) is list:
+            (item,) = typing.get_args(t) or (str,)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                continue  # tables (TOML only), no flag
             parser.add_argument(flag, action="append", default=None, help=help_text)
         elif t in (int, float, str, Path):
             parser.add_argument(flag, type=t, default=None, help=help_text)

@@ -11,7 +11,7 @@ and registers in the `gemmakit.engines` entry-point group, exactly as the built-
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gemmakit.errors import ConfigError, UnsupportedError
@@ -98,6 +98,16 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def health(self) -> EngineHealth: ...
+
+    def health_detail(self) -> dict[str, Any]:
+        """Engine-specific state added to GET /health (the remote engine: each upstream's);
+        the default adds nothing."""
+        return {}
+
+    def metric_families(self) -> Iterable[Any]:
+        """Prometheus metric families of the engine's own (prometheus_client `Metric`s),
+        collected with the server's at each scrape; the default has none."""
+        return ()
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...

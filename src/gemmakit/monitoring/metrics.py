@@ -9,6 +9,7 @@ from the same numbers the responses' `usage` reports; engine gauges are read fro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -56,12 +57,32 @@ class EngineGauges(Collector):
         yield loaded
 
 
+class EngineFamilies(Collector):
+    """The engines' own metric families (`Engine.metric_families`: the remote engine's
+    upstream series), read from the loaded engines when scraped; families of the same name from
+    several engines are merged."""
+
+    def __init__(self, engines: Callable[[], Sequence[Any]]) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for engine in self.engines():
+            for family in engine.metric_families():
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = family
+        yield from merged.values()
+
+
 class Metrics:
     """The metric families of the served models (label `model`; the first is the default).
     `healths()` maps each served model to its engine's health, None while it is not loaded."""
 
     def __init__(self, models: str | Sequence[str],
-                 healths: Callable[[], Mapping[str, EngineHealth | None]]) -> None:
+                 healths: Callable[[], Mapping[str, EngineHealth | None]],
+                 engines: Callable[[], Sequence[Any]] | None = None) -> None:
         names = [models] if isinstance(models, str) else list(models)
         self.model = names[0]
         self.registry = CollectorRegistry()
@@ -69,6 +90,8 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total, … (Linux /proc)
         ProcessCollector(registry=r)
         r.register(EngineGauges(healths))
+        if engines is not None:
+            r.register(EngineFamilies(engines))
         m = ["model"]
         self.ttft = Histogram("gemmakit_time_to_first_token_seconds",
                               "Time from submission to the first generated token, per sequence.",

@@ -35,7 +35,7 @@ class Monitor:
         self.runtime = runtime
         self.settings = settings
         self.started = time.time()
-        self.metrics = Metrics(runtime.names, self.engine_healths)
+        self.metrics = Metrics(runtime.names, self.engine_healths, self.engines)
         self.window = RequestWindow(max_seconds=max(
             [settings.window_max_seconds, *(r.window_seconds for r in settings.alerts)]))
         self.alerts = AlertManager(settings, self.window, model=runtime.model_name,
@@ -46,6 +46,10 @@ class Monitor:
         """Each served model's engine health; None while it is not loaded."""
         return {e.name: e.engine.health() if e.engine is not None else None
                 for e in self.runtime.entries.values()}
+
+    def engines(self) -> list[Any]:
+        """The loaded engines (whose own metric families are collected with ours)."""
+        return [e.engine for e in self.runtime.entries.values() if e.engine is not None]
 
     def engine_health(self) -> EngineHealth | None:
         """The loaded engines' health together (None: no model loaded)."""

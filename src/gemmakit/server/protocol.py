@@ -252,6 +252,12 @@ class CompletionRequest(_SamplingFields):
     """The prompt comes back before the completion; with `logprobs`, scored token by token."""
     suffix: str | None = None
     best_of: int | None = None
+    grammar: str | None = None
+    """gemmakit's extension (llama-server's name): a GBNF grammar the completion must follow,
+    for engines that constrain generation (a gemmakit gateway sends its constraints so)."""
+    return_token_ids: bool = False
+    """vLLM's extension: each choice (and each streamed event) also carries the token ids it
+    generated (`token_ids`), so a gateway in front counts and decodes them exactly."""
 
     def sampling(self) -> SamplingParams:
         scored = self.echo and self.logprobs is not None

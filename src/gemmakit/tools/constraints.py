@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gemmakit.errors import ConfigError, InvalidRequestError
+from gemmakit.errors import ConfigError, InvalidRequestError, UnsupportedError
 from gemmakit.tools import gbnf as gb
 from gemmakit.tools.schema import SchemaError, ToolSpec, check_schema, plan_schema
-from gemmakit.types import Constraint
+from gemmakit.types import Capabilities, Constraint
 
 log = logging.getLogger("gemmakit.tools")
 
@@ -668,6 +668,35 @@ def _parse_check(grammar: str) -> None:
     if not sampler:
         raise SchemaError("llama.cpp's grammar parser refused the compiled grammar")
     llama_cpp.llama_sampler_free(sampler)
+
+
+MAX_RAW_GRAMMAR_BYTES = 256 * 1024
+"""Largest GBNF grammar a client may send (the `grammar` extension of /v1/completions)."""
+
+
+def checked_grammar(grammar: str, capabilities: Capabilities, model_name: str, *,
+                    ignore_eos: bool = False, param: str = "grammar") -> Constraint:
+    """A client's own GBNF grammar as a constraint, checked before anything is queued: the engine
+    must constrain generation, the grammar must be within MAX_RAW_GRAMMAR_BYTES and parse (with
+    llama.cpp's grammar parser, root rule `root`); each failure is a 400 naming `param`."""
+    if not capabilities.constraints:
+        raise UnsupportedError(f"the engine serving '{model_name}' cannot constrain generation "
+                               "with a grammar.", param=param)
+    if ignore_eos:
+        raise InvalidRequestError("ignore_eos cannot be used with a grammar (the grammar ends "
+                                  "the reply).", param="ignore_eos")
+    size = len(grammar.encode("utf-8"))
+    if not grammar.strip():
+        raise InvalidRequestError("the grammar is empty.", param=param)
+    if size > MAX_RAW_GRAMMAR_BYTES:
+        raise InvalidRequestError(f"the grammar is {size} bytes (the limit is "
+                                  f"{MAX_RAW_GRAMMAR_BYTES}).", param=param)
+    try:
+        _parse_check(grammar)
+    except SchemaError:
+        raise InvalidRequestError("the grammar does not parse as GBNF with a 'root' rule (see "
+                                  "llama.cpp's grammars/README.md).", param=param) from None
+    return Constraint("grammar", grammar)
 
 
 # --- the two kinds of constraint --------------------------------------------------------------

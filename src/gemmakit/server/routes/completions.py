@@ -32,7 +32,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     run = await begin(request, body.model, body.keep_alive)
     body.check_supported()
     prompts = body.prompts()
-    await run.complete(CompletionJob(prompts, body.sampling()))
+    await run.complete(CompletionJob(prompts, body.sampling(), grammar=body.grammar))
     echo = _Echo(run, body, prompts) if body.echo else None
     cid, created = new_id("cmpl"), now()
     if body.stream:
@@ -46,8 +46,11 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         if body.logprobs is not None:
             lp = echo.logprobs(r.index, r.prompt_logprobs, r.logprobs) if echo is not None \
                 else completion_logprobs(r.logprobs)
-        choices.append({"index": r.index, "text": text, "logprobs": lp,
-                        "finish_reason": r.finish_reason})
+        choice: dict[str, Any] = {"index": r.index, "text": text, "logprobs": lp,
+                                  "finish_reason": r.finish_reason}
+        if body.return_token_ids:
+            choice["token_ids"] = r.token_ids
+        choices.append(choice)
     return run.decorate({
         "id": cid, "object": "text_completion", "created": created, "model": run.model_name,
         "choices": choices, "usage": usage_dict(run.usage),
@@ -90,15 +93,18 @@ async def _events(run: Run, body: CompletionRequest, echo: _Echo | None, cid: st
                 lp = echo.logprobs(d.index, d.prompt_logprobs, d.logprobs)
         elif want_logprobs:
             lp = completion_logprobs(d.logprobs, offsets[d.index])
-        if not (text or d.finish_reason or lp and lp["tokens"]):
+        if not (text or d.finish_reason or lp and lp["tokens"]
+                or body.return_token_ids and d.token_ids):
             continue
         if lp is not None:
             offsets[d.index] = lp["text_offset"][-1] + len(lp["tokens"][-1]) if lp["tokens"] \
                 else offsets[d.index]
+        choice: dict[str, Any] = {"index": d.index, "text": text, "logprobs": lp,
+                                  "finish_reason": d.finish_reason}
+        if body.return_token_ids:
+            choice["token_ids"] = d.token_ids
         out = {"id": cid, "object": "text_completion", "created": created,
-               "model": run.model_name,
-               "choices": [{"index": d.index, "text": text, "logprobs": lp,
-                            "finish_reason": d.finish_reason}]}
+               "model": run.model_name, "choices": [choice]}
         if body.include_usage:
             out["usage"] = None
         yield out

@@ -32,6 +32,7 @@ async def health(request: Request) -> JSONResponse:
     first = registry.first
     if first.engine is not None:
         body["engine"] = first.engine.name
+        body.update(first.engine.health_detail())  # the remote engine: its upstreams
     body["requests_running"] = sum(h.requests_running for _, h in healths)
     body["requests_waiting"] = sum(h.requests_waiting for _, h in healths)
     return JSONResponse({**body, **extra}, status_code=200 if ok else 503)
