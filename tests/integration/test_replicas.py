@@ -180,3 +180,38 @@ def test_cli_against_an_unreachable_store_is_one_clear_line(what):
     assert r.returncode != 0
     assert "cannot open the store" in r.stderr and "hunter2" not in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_postgres_outage_is_a_503_and_the_ledger_catches_up(tmp_path, postgres_url, redis_url,
+                                                           wait_until):
+    """The database refuses connections (ALLOW_CONNECTIONS false, every session ended): requests
+    that need a key get 503 store_unavailable, never a 500 or an unchecked pass; once it is back,
+    keys work again and the ledger writes the rows it held, the 503s included."""
+    import psycopg
+
+    secret = create_key(postgres_url, "outage")
+    base, db = postgres_url.rsplit("/", 1)
+    with replicas(tmp_path, postgres_url, redis_url, n=1) as reps:
+        (url, app), = reps
+        assert chat(url, secret).status_code == 200
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (db,))
+            try:
+                down = [chat(url, secret) for _ in range(3)]
+            finally:
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        for r in down:
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "store_unavailable"
+            assert r.headers["retry-after"] == "1" and "127.0.0.1" not in r.text
+        assert chat(url, secret).status_code == 200
+
+        def booked() -> bool:
+            rows = app.state.safety.state.usage_summary(key_name=None)
+            return sum(r["requests"] for r in rows) == 5
+        wait_until(booked, timeout=30)  # the writer's back-off is at most 10 s
+    with psycopg.connect(postgres_url) as conn:
+        statuses = sorted(r[0] for r in conn.execute("SELECT status FROM usage").fetchall())
+    assert statuses == [200, 200, 503, 503, 503]

@@ -298,20 +298,28 @@ def test_unreachable_postgres_at_open_names_the_store_not_its_password():
     assert f"127.0.0.1:{port}" in e.value.message and "hunter2" not in e.value.message
 
 
-def test_a_dropped_postgres_connection_is_a_503_then_reconnects(postgres_url):
+def test_a_dropped_postgres_connection_is_reopened_and_a_refused_one_is_a_503(postgres_url):
     import psycopg
 
     store = open_state_store(postgres_url, ".")
+    base, db = postgres_url.rsplit("/", 1)
     try:
         keys = KeyStore(store)
         _, secret = keys.create("k")
-        pid = store._one("SELECT pg_backend_pid() AS pid")["pid"]  # type: ignore[attr-defined,index]
-        base = postgres_url.rsplit("/", 1)[0]
         with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(StoreUnavailableError) as e:
-            keys.authenticate(secret)
-        assert e.value.status == 503 and "127.0.0.1" not in e.value.message
-        assert keys.authenticate(secret).name == "k"  # the next call reconnects
+            end = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+            admin.execute(end, (db,))
+            assert keys.authenticate(secret).name == "k"  # a read reconnects once, unseen
+            admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+            admin.execute(end, (db,))
+            try:
+                with pytest.raises(StoreUnavailableError) as e:
+                    keys.authenticate(secret)
+                assert e.value.status == 503 and e.value.code == "store_unavailable"
+                assert "127.0.0.1" not in e.value.message and "not currently accepting" in \
+                    e.value.detail
+            finally:
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        assert keys.authenticate(secret).name == "k"  # and the next call after works
     finally:
         store.close()

@@ -100,8 +100,20 @@ class SqlStore(ABC):
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._errors():
+        def fetch() -> list[dict[str, Any]]:
             return [dict(r) for r in self._conn().execute(self._sql(sql), args).fetchall()]
+
+        with self._errors():
+            try:
+                return fetch()
+            except self.unavailable:
+                conn = getattr(self._local, "conn", None)
+                if conn is None or not self._broken(conn):
+                    raise
+                # A connection the server ended (a restart, a failover): a read is safe to run
+                # once more on a new one, so the request path does not see the reconnect.
+                self._discard(conn)
+                return fetch()
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self._all(sql, args)
