@@ -79,6 +79,12 @@ class FaultUpstream:
                                                 "owned_by": "gemmakit",
                                                 "context_length": 512}]}
 
+        @app.get("/stats")
+        async def stats() -> Any:
+            return {"request_ids": [h.get("x-request-id") for h in self.completion_headers],
+                    "prompts": [b["prompt"] for b in self.bodies],
+                    "cancelled": self.cancelled, "finished": self.finished}
+
         @app.post("/v1/completions")
         async def completions(request: Request) -> Any:
             body = await request.json()
@@ -137,3 +143,25 @@ class FaultUpstream:
         finally:
             if not done and fault.mode != "cut":
                 self.cancelled += 1
+
+
+def main() -> None:
+    """`python -m tests.fault_upstream --port P [--tokens N] [--delay-s S]`: one in its own
+    process (for SIGKILL / SIGSTOP tests)."""
+    import argparse
+
+    import uvicorn
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--name", default="fault")
+    ap.add_argument("--tokens", type=int, default=len(REPLY))
+    ap.add_argument("--delay-s", type=float, default=0.0)
+    ns = ap.parse_args()
+    up = FaultUpstream(ns.name)
+    up.default = Fault("ok", tokens=ns.tokens, delay_s=ns.delay_s)
+    uvicorn.run(up.app(), host="127.0.0.1", port=ns.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -268,7 +268,8 @@ class RemoteEngine(Engine):
             body = request_body(up.kind or "openai", up.model or "", request, max_tokens)
             try:
                 resp = await asyncio.wait_for(client.send(client.build_request(
-                    "POST", f"{up.url}/v1/completions", json=body, headers=up.headers()),
+                    "POST", f"{up.url}/v1/completions", json=body,
+                    headers={**up.headers(), "X-Request-Id": request.request_id}),
                     stream=True), self.first_byte_timeout)
             except (TimeoutError, httpx.TimeoutException):
                 raise broke("timeout", UpstreamTimeoutError(
