@@ -163,7 +163,8 @@ class Settings(BaseSettings):
     --prefix-imbalance) or weighted (smooth weighted round robin)."""
 
     prefix_tokens: int = Field(default=64, ge=1)
-    """--routing prefix: leading prompt tokens hashed to choose the upstream."""
+    """--routing prefix: leading prompt tokens hashed to place a prefix not routed before (a
+    prompt whose prefix was routed goes where that prefix went)."""
 
     prefix_imbalance: int = Field(default=4, ge=0)
     """--routing prefix: requests the chosen upstream may have in flight beyond the least

@@ -152,3 +152,20 @@ def test_learn_kind_model_and_context_from_models() -> None:
     o = Upstream("http://h:4")
     o.learn({"data": [{"id": "m", "owned_by": "someone"}]})
     assert o.kind == "openai"
+
+
+def test_prefix_affinity_follows_the_longest_routed_prefix() -> None:
+    ups = _ups(3)
+    p = PrefixAffinity(n_tokens=64, imbalance=4, rng=random.Random(0))
+    for conv in range(20):
+        turn = [conv, *range(100, 139)]  # 40 tokens: shorter than the 64 hashed
+        first = p.choose(ups, turn)
+        for _ in range(3):  # each next turn extends the whole previous prompt
+            turn = [*turn, *range(200, 230)]
+            assert p.choose(ups, turn) is first
+    # a fresh prompt sharing no whole block goes by its rendezvous owner
+    assert p.owner(ups, [7] * 10) is p.owner(ups, [7] * 10)
+    # a bounded table: the oldest blocks are forgotten first
+    small = PrefixAffinity(n_tokens=64, imbalance=4, table_size=3)
+    small.choose(ups, list(range(16 * 5)))
+    assert len(small.table) == 3
