@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "keys": "gemmakit.cli.keys",
     "usage": "gemmakit.cli.usage",
     "tiny-model": "gemmakit.cli.tiny_model",
+    "finetune": "gemmakit.cli.finetune",
+    "adapters": "gemmakit.cli.adapters",
 }
 
 

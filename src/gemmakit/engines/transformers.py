@@ -166,8 +166,9 @@ class TransformersEngine(Engine):
     # --- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of `text`, never adding BOS. `special`: parse control-token markup."""
-        return self.tokenizer(text, add_special_tokens=False,
-                              split_special_tokens=not special)["input_ids"]
+        from gemmakit.hf.loading import tokenize
+
+        return tokenize(self.tokenizer, text, special=special)
 
     def token_piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens render as nothing)."""

@@ -59,6 +59,15 @@ def _model_class(config: Any) -> tuple[Any, list[str]]:
                       f"(model type '{config.model_type}')")
 
 
+def tokenize(tokenizer: Any, text: str, *, special: bool = False) -> list[int]:
+    """Token ids of `text`, never adding BOS; `special` parses control-token markup. (The
+    transformers engine's tokenization, shared with fine-tuning so training ids equal served ones.)
+    """
+    ids: list[int] = tokenizer(text, add_special_tokens=False,
+                               split_special_tokens=not special)["input_ids"]
+    return ids
+
+
 def load(path: Path, *, dtype: torch.dtype | None = None, device: str = "cpu",
          quantization_config: Any = None) -> Loaded:
     """Load model, tokenizer and processor from a dense safetensors folder (blocking)."""
