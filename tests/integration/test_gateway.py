@@ -385,6 +385,8 @@ def multi_turn_hit_rate(gw: Server, ups: list[Server], conversations: int = 12,
     total = sum(len(v) for v in served.values())
     assert total == conversations * turns
     hits = sum(v.count(max(set(v), key=v.count)) - 1 for v in served.values())
+    spread = sorted(sum(1 for v in served.values() for j in v if j == u) for u in range(len(ups)))
+    print(f"\n  turns per upstream: {spread}")
     return hits / (total - len(served))
 
 

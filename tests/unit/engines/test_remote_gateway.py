@@ -335,7 +335,10 @@ def test_gemmakit_upstreams_routing_policies() -> None:
                 grew = [len(e.requests) - b for e, b in zip(engines, before)]
                 assert sorted(grew) == [0, 0, 3]  # all three turns on one upstream
                 placed.append(grew.index(3))
-            assert len(set(placed)) >= 2  # and conversations spread
+            # They share their first tokens (the turn markup, "conversation "): that prefix's
+            # upstream takes them all while its load stays within --prefix-imbalance (these
+            # requests come one at a time: it always does)
+            assert len(set(placed)) == 1
 
 
 def test_constraints_go_upstream_as_grammar_and_gemmakit_validates_them() -> None:
