@@ -67,8 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scoring", action="store_true",
                    help="Scoring a --prompt-tokens prompt (echo with logprobs: every prompt "
                         "token's logprob) against its plain prefill, on --engine.")
+    p.add_argument("--constrained", action="store_true",
+                   help="A token under a JSON-schema grammar against a free one (greedy, "
+                        "--gen-tokens at most), on --engine.")
     p.add_argument("--engine", default="llamacpp",
-                   help="With --scoring: the engine to measure (llamacpp, transformers).")
+                   help="With --scoring or --constrained: the engine to measure (llamacpp, "
+                        "transformers).")
 
 
 def _peak_rss_bytes() -> int:
@@ -343,13 +347,19 @@ def run(ns: argparse.Namespace) -> int:
            "repeats": ns.repeats, "ttft_requests": ns.ttft_requests,
            "parallel": ns.parallel or settings.parallel}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
-    if ns.scoring:
-        from gemmakit.bench.scoring import run_scoring
-
+    if ns.scoring or ns.constrained:
         engine_settings = settings.model_copy(update={
             "model": ns.model, "engine": ns.engine, "threads": ns.threads,
             "context_length": ns.context_length, "parallel": 1})
-        print(json.dumps(run_scoring(engine_settings, ns.prompt_tokens, ns.repeats), indent=2))
+        if ns.scoring:
+            from gemmakit.bench.scoring import run_scoring
+
+            out = run_scoring(engine_settings, ns.prompt_tokens, ns.repeats)
+        else:
+            from gemmakit.bench.constrained import run_constrained
+
+            out = run_constrained(engine_settings, ns.gen_tokens, ns.repeats)
+        print(json.dumps(out, indent=2))
         return 0
     if ns.prefix_reuse:
         from gemmakit.bench.prefix import run_prefix
