@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gemmakit.errors import ServiceUnavailableError
 from gemmakit.pipeline import CLIENT_CLOSED, Caller, Finished, Sink
 from gemmakit.safety.auth import ApiKey, AuthenticationError, secret_from_headers
 from gemmakit.safety.layer import LOUD, TOKENIZER_PATHS, Safety
@@ -95,7 +96,11 @@ class Guard:
                                              {"retry-after": "1"})
                 if key is not None:
                     state["key"] = key
-                    decision = await self._admit_rpm(rid, key)
+                    try:
+                        decision = await self._admit_rpm(rid, key)
+                    except ServiceUnavailableError as e:  # Redis unreachable: 503, not 500
+                        return await _send_error(send_with_limits, 503, gemmakit_error_body(e),
+                                                 {"retry-after": "1"})
                     if decision is not None and not decision.allowed:
                         err = RateLimitError(
                             f"Rate limit reached: {key.rpm} requests per minute for this key. "

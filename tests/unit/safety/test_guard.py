@@ -410,3 +410,44 @@ def test_bad_policy_config_fails_at_start(make_client):
         make_client(model_name=MODEL, policy=policy({"name": "x", "action": "mask"}))
     with pytest.raises(ConfigError):
         make_client(model_name=MODEL, policy=policy({"name": "x", "detector": "nope"}))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_rate_limit_store_is_a_503_not_a_500(secure, keys, fake_engine):
+    """Redis down: a limited key's request cannot be checked, so it is refused with a 503 and
+    Retry-After, before the engine sees it; an unlimited key is not affected."""
+    _, limited = keys.create("limited", rpm=10, tpm=10_000)
+    _, free = keys.create("free")
+    c = secure(ratelimit_store=f"redis://127.0.0.1:{_closed_port()}/0")
+    r = c.post(CHAT, json=chat(), headers=bearer(limited))
+    err = assert_error(r, 503, code="ratelimit_store_unavailable")
+    assert r.headers["retry-after"] == "1" and "rate-limit store" in err["message"]
+    assert fake_engine.requests == []
+    assert c.post(CHAT, json=chat(), headers=bearer(free)).status_code == 200
+
+
+def test_a_stalled_rate_limit_store_times_out_as_a_503(secure, keys):
+    """Redis accepting connections but never answering (SIGSTOPped): a 503 within seconds."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+    _, limited = keys.create("limited", tpm=10_000)
+    c = secure(ratelimit_store=f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+    t0 = time.perf_counter()
+    r = c.post(CHAT, json=chat(), headers=bearer(limited))
+    assert_error(r, 503, code="ratelimit_store_unavailable")
+    assert time.perf_counter() - t0 < 10
+    server.close()

@@ -7,8 +7,12 @@ token entries (score = time) and a hash entry -> tokens so reservations can be c
 
 from __future__ import annotations
 
-from gemmakit.errors import ConfigError
+import logging
+
+from gemmakit.errors import ConfigError, ServiceUnavailableError
 from gemmakit.safety.ratelimit import WINDOW_S, Decision, Limits
+
+log = logging.getLogger("gemmakit.safety.ratelimit")
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -77,14 +81,32 @@ return 0
 """
 
 
+class RateLimitStoreUnavailableError(ServiceUnavailableError):
+    """Redis cannot be reached or does not answer in time: the rate limit of a limited key cannot
+    be checked, so its request is a 503 with Retry-After (never a 500, never unchecked)."""
+
+    code = "ratelimit_store_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The rate-limit store is unavailable; retry shortly.",
+                         headers={"Retry-After": "1"})
+
+
+TIMEOUT_S = 2.0
+"""Connect and reply timeout: a stalled Redis fails requests in seconds instead of hanging them."""
+
+
 class RedisStore:
     def __init__(self, url: str) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.exceptions import RedisError
         except ImportError:
             raise ConfigError("--ratelimit-store redis://… needs the redis client: "
                               "pip install 'gemmakit[redis]'") from None
-        self._redis = aioredis.from_url(url)
+        self._errors = (RedisError, OSError, TimeoutError)
+        self._redis = aioredis.from_url(url, socket_timeout=TIMEOUT_S,
+                                        socket_connect_timeout=TIMEOUT_S)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._adjust = self._redis.register_script(_ADJUST)
 
@@ -96,11 +118,15 @@ class RedisStore:
     async def acquire(self, key: str, limits: Limits, *, entry: str, requests: int = 0,
                       tokens: int = 0) -> Decision:
         window_ms = int(WINDOW_S * 1000)
-        status, count, newest_req, total, newest_tok, retry_ms, now = await self._acquire(
-            keys=self._keys(key),
-            args=[limits.rpm if limits.rpm is not None else -1,
-                  limits.tpm if limits.tpm is not None else -1,
-                  requests, tokens, entry, window_ms])
+        try:
+            status, count, newest_req, total, newest_tok, retry_ms, now = await self._acquire(
+                keys=self._keys(key),
+                args=[limits.rpm if limits.rpm is not None else -1,
+                      limits.tpm if limits.tpm is not None else -1,
+                      requests, tokens, entry, window_ms])
+        except self._errors as e:
+            log.warning("rate-limit store unavailable: %s", e)
+            raise RateLimitStoreUnavailableError() from None
         status, count, total = int(status), int(count), int(total)
         return Decision(
             allowed=status == 0,
@@ -115,7 +141,11 @@ class RedisStore:
 
     async def adjust(self, key: str, entry: str, tokens: int) -> None:
         keys = self._keys(key)
-        await self._adjust(keys=[keys[1], keys[2]], args=[entry, tokens])
+        try:
+            await self._adjust(keys=[keys[1], keys[2]], args=[entry, tokens])
+        except self._errors as e:
+            log.warning("rate-limit store unavailable: %s", e)
+            raise RateLimitStoreUnavailableError() from None
 
     async def aclose(self) -> None:
         await self._redis.aclose()
