@@ -266,6 +266,14 @@ def test_all_upstreams_down_is_a_503_at_once() -> None:
             r = chat(c)
             assert r.status_code == 503 and "Retry-After" in r.headers
             assert time.monotonic() - t < 1
+            # streamed too: the status code, not a 200 and an error event
+            r = chat(c, stream=True)
+            assert r.status_code == 503 and "Retry-After" in r.headers
+            # scoring is refused before the stream starts, with its param
+            r = c.post("/v1/completions", json={"model": "gemma-test", "prompt": "x",
+                                                "echo": True, "logprobs": 1, "max_tokens": 1,
+                                                "stream": True})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs", r.text
 
 
 def test_a_client_that_goes_away_cancels_the_upstream_request() -> None:

@@ -196,13 +196,26 @@ class RemoteEngine(Engine):
             close()
 
     # --- generation -----------------------------------------------------------------------
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[AsyncIterator[Chunk]]:
+        """Admission before any response starts: what this engine cannot do (scoring, media),
+        a prompt that cannot fit, and no upstream that may be tried now (503 with Retry-After)
+        are refused here, so a streamed request gets its status code rather than a 200 and an
+        error event."""
+        for r in requests:
+            self._admissible(r)
+            self.pool.check(constrained=r.constraint is not None)
+        return [self.stream(r) for r in requests]
+
+    def _admissible(self, request: GenerationRequest) -> int:
         if request.sampling.prompt_logprobs is not None:
             raise UnsupportedError("the remote engine does not score prompts (echo with "
                                    "logprobs, prompt_logprobs).", param="logprobs")
         if request.media:
             raise UnsupportedError("the remote engine takes no image or audio input.")
-        max_tokens = generation_budget(request, self.context_length)
+        return generation_budget(request, self.context_length)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        max_tokens = self._admissible(request)
         self._start()
         tried: set[Upstream] = set()
         retries = 0

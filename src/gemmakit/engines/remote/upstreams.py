@@ -101,11 +101,17 @@ class Pool:
         self.upstreams = list(upstreams)
         self.policy = policy
 
-    def choose(self, prompt: Sequence[int], *, exclude: Set[Upstream] = frozenset(),
-               constrained: bool = False) -> Upstream:
-        """An upstream for the next attempt, its breaker acquired. The healthy (closed) ones
-        first; only when none is healthy, a half-open one for its single trial. Raises 503
-        (with Retry-After: until the first cooldown ends) when none may be tried."""
+    def check(self, *, constrained: bool = False) -> None:
+        """Raise now what `choose` would raise for a first attempt (no upstream may be tried:
+        503; none can constrain: 400), acquiring nothing: the engine's admission, before a
+        response has started."""
+        ups, _ = self._candidates(frozenset(), constrained)
+        if not ups:
+            raise self._none_available()
+
+    def _candidates(self, exclude: Set[Upstream], constrained: bool
+                    ) -> tuple[list[Upstream], bool]:
+        """(the upstreams that may take an attempt, whether they are the healthy ones)."""
         ups = [u for u in self.upstreams if u.known and u not in exclude]
         if constrained:
             ups = [u for u in ups if u.kind in CONSTRAINED_KINDS]
@@ -114,16 +120,28 @@ class Pool:
                                        "(OpenAI-compatible servers of unknown kind cannot).")
         healthy = [u for u in ups if u.breaker.state == "closed"]
         if healthy:
-            up = self.policy.choose(healthy, prompt)
+            return healthy, True
+        return [u for u in ups if u.breaker.allows()], False
+
+    def _none_available(self) -> ServiceUnavailableError:
+        waits = [u.breaker.retry_in() for u in self.upstreams if u.known]
+        retry = max(1, round(min(waits))) if waits else 5
+        return ServiceUnavailableError(
+            "No upstream can take the request now (all are ejected or were tried).",
+            headers={"Retry-After": str(retry)})
+
+    def choose(self, prompt: Sequence[int], *, exclude: Set[Upstream] = frozenset(),
+               constrained: bool = False) -> Upstream:
+        """An upstream for the next attempt, its breaker acquired. The healthy (closed) ones
+        first; only when none is healthy, a half-open one for its single trial. Raises 503
+        (with Retry-After: until the first cooldown ends) when none may be tried."""
+        ups, healthy = self._candidates(exclude, constrained)
+        if healthy:
+            up = self.policy.choose(ups, prompt)
         else:
-            trial = [u for u in ups if u.breaker.allows()]
-            if not trial:
-                waits = [u.breaker.retry_in() for u in self.upstreams if u.known]
-                retry = max(1, round(min(waits))) if waits else 5
-                raise ServiceUnavailableError(
-                    "No upstream can take the request now (all are ejected or were tried).",
-                    headers={"Retry-After": str(retry)})
-            up = trial[0] if len(trial) == 1 else self.policy.choose(trial, prompt)
+            if not ups:
+                raise self._none_available()
+            up = ups[0] if len(ups) == 1 else self.policy.choose(ups, prompt)
         up.breaker.acquire()
         return up
 
