@@ -91,7 +91,16 @@ class Service:
         self.engine = engine
         self.model_name = model_name
         self.tool_parser = tool_parser  # call syntax parsed from replies (gemmakit.tools.parsers)
+        self.adapter: str | None = None  # the LoRA adapter every request it prepares uses
         self._chat_stop_ids = frozenset(self._special_id(t) for t in STOP_TOKENS)
+
+    def for_adapter(self, name: str) -> Service:
+        """This service serving the adapter `name` (the model name requests and usage see)."""
+        import copy
+
+        other = copy.copy(self)
+        other.model_name = other.adapter = name
+        return other
 
     def _special_id(self, token: str) -> int:
         ids = self.engine.tokenize(token, special=True)
@@ -143,7 +152,8 @@ class Service:
                 update={"seed": sampling.seed + k})
             out.append(GenerationRequest(prompt_tokens=prompt_ids, sampling=sp,
                                          request_id=f"{request_id}-{first_index + k}",
-                                         stop_token_ids=stop_ids, constraint=constraint))
+                                         stop_token_ids=stop_ids, constraint=constraint,
+                                         adapter=self.adapter))
         return out
 
     def chat_prompt(self, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] = (),

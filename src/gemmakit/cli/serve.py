@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "path to a .gguf file (or a Hugging Face folder on the transformers engine). "
                    "Repeat it to serve several models from one server; NAME= gives the id the "
                    "API serves it as (default: the alias or the file's stem).")
+    p.add_argument("--adapters", action="append", metavar="NAME[,NAME...]", help="LoRA "
+                   "adapters from the store (gemmakit finetune; gemmakit adapters list) to "
+                   "serve: a request whose model is NAME runs on NAME's base with it (each "
+                   "must have been trained on a served model). Repeatable.")
     settings_flags(p, skip=("model", "models"))
 
 
@@ -35,7 +39,8 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     from gemmakit.server.app import app_from_settings, drain
 
-    app = app_from_settings(settings)
+    adapters = [n.strip() for v in ns.adapters or () for n in v.split(",") if n.strip()]
+    app = app_from_settings(settings, adapters)
     log.info("serving on http://%s:%d/v1 (%s %s, engine %s)", settings.host, settings.port,
              "models" if settings.models else "model",
              ", ".join(app.state.runtime.names), settings.engine)

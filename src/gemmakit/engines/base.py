@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from gemmakit.catalog import ModelRef
+    from gemmakit.finetune.store import Adapter
     from gemmakit.settings import Settings
 
 
@@ -95,6 +96,20 @@ class Engine(abc.ABC):
         seconds, then end them with finish_reason "shutdown". The default has nothing queued of
         its own to wait for."""
         return None
+
+    # --- LoRA adapters (Capabilities.lora) ------------------------------------------------------
+    def load_adapter(self, adapter: Adapter) -> None:
+        """Make a stored adapter (gemmakit.finetune.store) usable by requests naming it in
+        `GenerationRequest.adapter` (blocking; replaces one loaded under the same name)."""
+        raise UnsupportedError(f"the {self.name} engine cannot serve LoRA adapters")
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget a loaded adapter (refused while requests use it)."""
+        raise UnsupportedError(f"the {self.name} engine cannot serve LoRA adapters")
+
+    def adapter_names(self) -> list[str]:
+        """The adapters loaded now."""
+        return []
 
     @abc.abstractmethod
     def health(self) -> EngineHealth: ...

@@ -56,6 +56,7 @@ from gemmakit.types import (
 
 if TYPE_CHECKING:
     from gemmakit.catalog import ModelRef
+    from gemmakit.finetune.store import Adapter
     from gemmakit.settings import Settings
 
 log = logging.getLogger("gemmakit.engine.llamacpp")
@@ -173,6 +174,7 @@ class _Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)
     last_used: float = 0.0
+    adapter: str | None = None  # the LoRA adapter its cells were computed with
 
 
 class SequenceStream:
@@ -242,7 +244,10 @@ class LlamaCppEngine(Engine):
         self.prefill_chunk = max(1, min(prefill_chunk, batch_size))
         self.threads = threads or os.cpu_count() or 1
         self.capabilities = Capabilities(text=True, batching=True, constraints=True,
-                                         grammar_tokens=True)
+                                         grammar_tokens=True, lora=True)
+        self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
+        self._lora_retired: list[Any] = []  # unloaded, freed by the worker once unused
+        self._lora_current: int | None = None  # address of the adapter set on the context
 
         mparams = ll.llama_model_default_params()
         # Extra buffer types hold repacked copies of the weights for faster CPU kernels (x86:
@@ -390,6 +395,10 @@ class LlamaCppEngine(Engine):
         if self._draining or self._stop:
             raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
                                           headers={"Retry-After": "5"})
+        for req in requests:
+            if req.adapter is not None and req.adapter not in self._loras:
+                raise InvalidRequestError(f"the adapter '{req.adapter}' is not loaded",
+                                          param="model")
         loop = asyncio.get_running_loop()
         seqs = []
         group = object()
@@ -558,8 +567,13 @@ class LlamaCppEngine(Engine):
         held.update({s.slot.seq_id: s.tokens_in_kv() for s in self._active
                      if s.slot is not None})
 
+        # Cells computed under another adapter (or none) hold other keys and values.
+        owner = {slot.seq_id: slot.adapter for slot in self._slots}
+
         def reusable(seq_id: int) -> int:
             if not self.prefix_cache or seq.scoring:  # a scored prompt needs every logit
+                return 0
+            if owner[seq_id] != seq.request.adapter:
                 return 0
             n = _common_prefix(held[seq_id], prompt)
             # A prompt the cache holds whole (a retry, a regenerated reply) is computed afresh:
@@ -590,6 +604,7 @@ class LlamaCppEngine(Engine):
         seq.slot = target
         seq.n_past = seq.n_prompt_done = seq.cached_prompt = keep
         target.cached = []
+        target.adapter = seq.request.adapter
         seq.prompt_lp = [] if seq.scoring else None
         seq.t_start = time.perf_counter()
         seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
@@ -674,11 +689,91 @@ class LlamaCppEngine(Engine):
                 budget -= take
                 if budget <= 0:
                     break
-            self._decode(plan)
+            self._decode_by_adapter(plan)
         decoding = [s for s in self._active
                     if not s.prefilling and not s.cancelled and s.generated]
         if decoding:
-            self._decode([(s, 1) for s in decoding])
+            self._decode_by_adapter([(s, 1) for s in decoding])
+
+    # --- LoRA adapters ------------------------------------------------------------------------
+    def _decode_by_adapter(self, plan: list[tuple[_Sequence, int]]) -> None:
+        """llama.cpp applies one adapter set per context, so a step decodes one batch per
+        adapter in use (the base, None, first): requests for different adapters and the base
+        run in the same round, each group reading the weights once."""
+        groups: dict[str | None, list[tuple[_Sequence, int]]] = {}
+        for item in plan:
+            groups.setdefault(item[0].request.adapter, []).append(item)
+        for name in sorted(groups, key=lambda n: (n is not None, n or "")):
+            self._use_adapter(name)
+            self._decode(groups[name])
+        self._free_retired_adapters()
+
+    def _use_adapter(self, name: str | None) -> None:
+        """Set adapter `name` (None: none) on the context; compared by the adapter's address,
+        so a name loaded again (a new adapter) is set afresh."""
+        ll = self._ll
+        with self._cond:
+            ptr = None if name is None else self._loras[name]
+        address = None if ptr is None else ctypes.cast(ptr, ctypes.c_void_p).value
+        if address == self._lora_current:
+            return
+        if ptr is None:
+            rc = ll.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            ptrs = (ll.llama_adapter_lora_p_ctypes * 1)(ptr)
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = ll.llama_set_adapters_lora(self._ctx, ptrs, 1, scales)
+        if rc != 0:
+            raise RuntimeError(f"llama_set_adapters_lora returned {rc}")
+        self._lora_current = address
+
+    def _free_retired_adapters(self) -> None:
+        """Free unloaded adapters (worker thread, between decodes); the context first lets go
+        of one it still has set."""
+        with self._cond:
+            if not self._lora_retired:
+                return
+            retired, self._lora_retired = self._lora_retired, []
+        if self._lora_current in {ctypes.cast(p, ctypes.c_void_p).value for p in retired}:
+            self._use_adapter(None)
+        for ptr in retired:
+            self._ll.llama_adapter_lora_free(ptr)
+
+    def load_adapter(self, adapter: Adapter) -> None:
+        """Load a stored adapter: its GGUF LoRA (converted once, kept beside it) through
+        llama.cpp's adapter API. Blocking."""
+        from gemmakit.finetune.export import ensure_lora_gguf
+
+        path = ensure_lora_gguf(adapter)
+        ptr = self._ll.llama_adapter_lora_init(self._model, str(path).encode())
+        if not ptr:
+            raise ConfigError(f"llama.cpp could not load the adapter '{adapter.name}' ({path})")
+        with self._cond:
+            old = self._loras.pop(adapter.name, None)
+            if old is not None:
+                self._lora_retired.append(old)
+            self._loras[adapter.name] = ptr
+        log.info("adapter %s loaded (%s)", adapter.name, path.name)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._cond:
+            if name not in self._loras:
+                raise InvalidRequestError(f"the adapter '{name}' is not loaded", param="lora_name")
+            busy = [s for s in [*self._active, *self._waiting] if s.request.adapter == name]
+            if busy:
+                raise InvalidRequestError(f"the adapter '{name}' has {len(busy)} requests "
+                                          "running; unload it once they finish",
+                                          param="lora_name", code="adapter_in_use")
+            self._lora_retired.append(self._loras.pop(name))
+            for slot in self._slots:  # its cached cells can never be reused
+                if slot.adapter == name:
+                    slot.cached = []
+            self._cond.notify()
+        if not self._worker.is_alive():
+            self._free_retired_adapters()
+
+    def adapter_names(self) -> list[str]:
+        return sorted(self._loras)
 
     def _decode(self, plan: list[tuple[_Sequence, int]]) -> None:
         """Decode `plan` (sequence, tokens it feeds: 1 for a decoding sequence, a chunk for a

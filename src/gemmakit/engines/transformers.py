@@ -50,6 +50,7 @@ from gemmakit.types import (
 
 if TYPE_CHECKING:
     from gemmakit.catalog import ModelRef
+    from gemmakit.finetune.store import Adapter
     from gemmakit.settings import Settings
 
 log = logging.getLogger("gemmakit.engine.transformers")
@@ -103,7 +104,12 @@ class TransformersEngine(Engine):
         self.chat_template = template if isinstance(template, str) else None
         self.trained_context_length = int(tcfg.max_position_embeddings)
         self.context_length = context_length or self.trained_context_length
-        self.capabilities = Capabilities(text=True, vision=loaded.vision, audio=loaded.audio)
+        self.capabilities = Capabilities(text=True, vision=loaded.vision, audio=loaded.audio,
+                                         lora=True)
+        # LoRA adapters (PEFT): the model is wrapped once the first one loads; the worker holds
+        # the lock for each request, loading and unloading take it between requests.
+        self._adapters: set[str] = set()
+        self._model_lock = threading.Lock()
         self.media_limits = media_limits or MediaLimits()
         self.pan_and_scan = pan_and_scan
         self.image_token_id = getattr(loaded.config, "image_token_id", None)
@@ -235,6 +241,9 @@ class TransformersEngine(Engine):
             raise EngineError("the engine stopped after an internal error")
         if self._closed:
             raise EngineError("the engine is shut down")
+        if request.adapter is not None and request.adapter not in self._adapters:
+            raise InvalidRequestError(f"the adapter '{request.adapter}' is not loaded",
+                                      param="model")
         max_tokens = generation_budget(request, self.context_length)
         job = Pending(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
                    max_tokens=max_tokens)
@@ -273,7 +282,8 @@ class TransformersEngine(Engine):
                     continue
                 self._running = job
                 try:
-                    with torch.inference_mode():
+                    with self._model_lock, self._adapter_set(job.request.adapter), \
+                            torch.inference_mode():
                         self._generate(job)
                 except (InvalidRequestError, UnsupportedError) as e:
                     job.emit(e)
@@ -297,6 +307,47 @@ class TransformersEngine(Engine):
                     break
                 if item is not None:
                     item.emit(EngineError("the engine is shut down"))
+
+    # --- LoRA adapters --------------------------------------------------------------------
+    def load_adapter(self, adapter: Adapter) -> None:
+        """Load a stored PEFT adapter under its name (PEFT multi-adapter; blocking)."""
+        from peft import PeftModel
+
+        with self._model_lock:
+            if isinstance(self.model, PeftModel):
+                if adapter.name in self._adapters:
+                    self.model.delete_adapter(adapter.name)
+                self.model.load_adapter(str(adapter.path), adapter_name=adapter.name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(adapter.path),
+                                                       adapter_name=adapter.name)
+            self.model.eval()
+            self._adapters.add(adapter.name)
+        log.info("adapter %s loaded", adapter.name)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._model_lock:  # waits for the running request: none uses it after this
+            if name not in self._adapters:
+                raise InvalidRequestError(f"the adapter '{name}' is not loaded", param="lora_name")
+            self.model.delete_adapter(name)
+            self._adapters.discard(name)
+
+    def adapter_names(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def _adapter_set(self, name: str | None) -> Any:
+        """A context in which the model runs with adapter `name` (None: the base alone). PEFT
+        runs one adapter at a time, and this engine one sequence at a time."""
+        import contextlib
+
+        if not self._adapters:
+            return contextlib.nullcontext()
+        if name is None:
+            return self.model.disable_adapter()
+        if name not in self._adapters:
+            raise InvalidRequestError(f"the adapter '{name}' is not loaded", param="model")
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
 
     def _prefill_inputs(self, req: GenerationRequest) -> dict[str, Any]:
         """Forward arguments for the prompt: token ids plus the media features, batched."""

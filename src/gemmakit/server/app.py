@@ -8,6 +8,7 @@ their first request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -27,6 +28,7 @@ from gemmakit.server import errors
 from gemmakit.server.errors import gemmakit_error_body, internal_error_body
 from gemmakit.server.guard import Guard
 from gemmakit.server.models_registry import ModelRegistry, ModelSpec, parse_duration
+from gemmakit.server.routes import adapters as adapters_routes
 from gemmakit.server.routes import chat, completions, health, models, ps, responses, tokenizer, usage
 from gemmakit.server.routes.common import PIPELINE_ROUTE
 from gemmakit.server.streaming import dumps
@@ -137,9 +139,11 @@ def create_app(model_name: str, load_engine: Callable[[], Engine],
     return create_models_app([ModelSpec(model_name, load_engine, settings)], settings)
 
 
-def create_models_app(specs: Sequence[ModelSpec], settings: Settings) -> FastAPI:
+def create_models_app(specs: Sequence[ModelSpec], settings: Settings,
+                      adapters: Sequence[str] = ()) -> FastAPI:
     """Build the app serving `specs` (server/models_registry.py): the models that fit the
-    limits together load in the background at start, the rest on their first request."""
+    limits together load in the background at start, the rest on their first request.
+    `adapters`: stored LoRA adapters served by name on their base (server/adapters.py)."""
     from gemmakit.catalog.fit import parse_bytes
 
     safety = Safety.from_settings(settings)
@@ -152,13 +156,24 @@ def create_models_app(specs: Sequence[ModelSpec], settings: Settings) -> FastAPI
         specs, build, max_loaded=settings.max_loaded_models,
         budget_bytes=parse_bytes(settings.max_memory) if settings.max_memory else None,
         keep_alive=parse_duration(settings.keep_alive) if settings.keep_alive else None)
+    from gemmakit.server.adapters import Adapters
+
+    served_adapters = runtime.adapters = Adapters(runtime, settings.home)
+    if adapters:
+        from gemmakit.finetune.store import file_sha256
+
+        runtime.adapters.serve_at_start(list(adapters), {
+            s.name: file_sha256(s.path) for s in specs if s.path is not None})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
+        preload = asyncio.create_task(served_adapters.preload()) if adapters else None
         try:
             yield
         finally:
+            if preload is not None:
+                preload.cancel()
             await runtime.aclose()
             await safety.aclose()
 
@@ -169,7 +184,7 @@ def create_models_app(specs: Sequence[ModelSpec], settings: Settings) -> FastAPI
     app.state.safety = safety
     errors.install(app)
     for r in (chat.router, completions.router, models.router, health.router, usage.router,
-              tokenizer.router, ps.router, responses.router):
+              tokenizer.router, ps.router, responses.router, adapters_routes.router):
         app.include_router(r)
     from gemmakit.server.routes import audio  # needs python-multipart (the server extra)
 
@@ -192,13 +207,14 @@ def pipeline_paths(app: FastAPI) -> frozenset[str]:
                      if any(op.get(PIPELINE_ROUTE) for op in ops.values()))
 
 
-def app_from_settings(settings: Settings) -> FastAPI:
+def app_from_settings(settings: Settings, adapters: Sequence[str] = ()) -> FastAPI:
     """The app for `gemmakit serve`: resolve the models (assembling the bundled one if needed) and
     check their profiles now, load the engines in the background."""
     from gemmakit.compose import plan_all
 
     # One plan per --model; with --fit, each plan's settings hold its context and parallel.
     plans = plan_all(settings)
-    specs = [ModelSpec(p.served_name, p.load_engine, p.settings, memory_bytes=p.memory_bytes())
-             for p in plans]
-    return create_models_app(specs, plans[0].settings if len(plans) == 1 else settings)
+    specs = [ModelSpec(p.served_name, p.load_engine, p.settings, memory_bytes=p.memory_bytes(),
+                       path=p.model.path) for p in plans]
+    return create_models_app(specs, plans[0].settings if len(plans) == 1 else settings,
+                             adapters)

@@ -27,6 +27,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from gemmakit.errors import (
@@ -39,6 +40,7 @@ from gemmakit.errors import (
 if TYPE_CHECKING:
     from gemmakit.engines.base import Engine
     from gemmakit.pipeline import Pipeline
+    from gemmakit.server.adapters import Adapters
     from gemmakit.service import Service
     from gemmakit.settings import Settings
 
@@ -101,6 +103,8 @@ class ModelSpec:
     """The settings this model loads and is served with (its context, --parallel)."""
     memory_bytes: int | None = None
     """The catalog's estimate of its memory once loaded (None where it cannot be made)."""
+    path: Path | None = None
+    """Its model file or folder: an adapter's base is recognised by its sha256."""
 
 
 @dataclass
@@ -225,6 +229,8 @@ class ModelRegistry:
         self._load_lock = asyncio.Lock()  # one load at a time
         self._start_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self.adapters: Adapters | None = None
+        """The LoRA adapters served on these models (server/adapters.py), set by the app."""
 
     # --- what a single-model server's Runtime offered --------------------------------------
     @property

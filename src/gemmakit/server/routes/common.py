@@ -58,6 +58,16 @@ async def pipeline_for(request: Request, model: str, keep_alive: Any = None) -> 
         raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
                                       headers={"Retry-After": "5"})
     entry = registry.get(model)
+    if entry is None and registry.adapters is not None:
+        served = await registry.adapters.acquire(model)  # an adapter: its base's entry
+        if served is not None:
+            base, adapter_pipeline = served
+            request.scope["state"].setdefault("releases", []).append(
+                lambda: registry.release(base, keep, explicit=explicit))
+            return adapter_pipeline
+        error = await registry.adapters.not_served(model)
+        if error is not None:
+            raise error
     if entry is None:
         if len(registry.names) == 1:
             raise ModelNotFoundError(f"The model '{model}' does not exist; this server serves "

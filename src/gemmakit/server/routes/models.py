@@ -33,13 +33,29 @@ def visible(request: Request, model: str) -> bool:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     registry = request.app.state.runtime
-    return {"object": "list", "data": [card(e) for e in registry.entries.values()
-                                       if visible(request, e.name)]}
+    cards = [card(e) for e in registry.entries.values() if visible(request, e.name)]
+    if registry.adapters is not None:
+        cards += [adapter_card(registry, n, parent) for n, parent in registry.adapters.cards()
+                  if visible(request, n)]
+    return {"object": "list", "data": cards}
+
+
+def adapter_card(registry: Any, name: str, parent: str) -> dict[str, Any]:
+    """An adapter as vLLM lists a LoRA module: its own id, `parent` its base model."""
+    base = card(registry.entries[parent])
+    return {"id": name, "object": "model", "created": base["created"], "owned_by": "gemmakit",
+            "root": name, "parent": parent, **{k: base[k] for k in ("context_length", "engine")
+                                                if k in base}}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    entry = request.app.state.runtime.get(model_id)
+    registry = request.app.state.runtime
+    entry = registry.get(model_id)
+    if entry is None and registry.adapters is not None and visible(request, model_id):
+        parents = dict(registry.adapters.cards())
+        if model_id in parents:
+            return adapter_card(registry, model_id, parents[model_id])
     if entry is None or not visible(request, model_id):
         # A model outside the key's scope reads as absent, as OpenAI answers for a model an
         # organization cannot use.
