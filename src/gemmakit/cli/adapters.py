@@ -1,13 +1,15 @@
-"""`gemmakit adapters list | show NAME | rm NAME`: the adapter store (gemmakit.finetune.store)."""
+"""`gemmakit adapters list | show NAME | rm NAME | export NAME`: the adapter store
+(gemmakit.finetune.store) and its exports (gemmakit.finetune.export)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from gemmakit.cli.common import load_settings, settings_flags
 
-HELP = "List, show or remove fine-tuned adapters."
+HELP = "List, show, remove or export fine-tuned adapters."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rm = sub.add_parser("rm", help="Remove an adapter.")
     rm.add_argument("name", metavar="NAME")
     settings_flags(rm, ("home", "log_level"))
+    ex = sub.add_parser("export", help="Write an adapter as a GGUF: merged into its base "
+                        "(--gguf) or adapter-only (--lora-gguf).")
+    ex.add_argument("name", metavar="NAME")
+    ex.add_argument("--gguf", type=Path, metavar="OUT.gguf", help="The base with the adapter "
+                    "merged, as a GGUF (quantized with llama.cpp's quantizer to --type).")
+    ex.add_argument("--type", default="Q8_0", metavar="TYPE", help="llama.cpp file type of "
+                    "--gguf: F16, Q8_0, Q4_K_M, ... (default Q8_0).")
+    ex.add_argument("--lora-gguf", type=Path, metavar="OUT.gguf", help="The adapter alone as "
+                    "a GGUF LoRA (llama.cpp's --lora, llama-server's --lora).")
+    ex.add_argument("--json", action="store_true", help="Print what was written as JSON.")
+    settings_flags(ex, ("home", "log_level", "threads"))
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -49,4 +62,21 @@ def run(ns: argparse.Namespace) -> int:
     if ns.action == "rm":
         print(f"removed adapter '{ns.name}' ({store.remove(home, ns.name)})")
         return 0
-    raise AssertionError(ns.action)
+    from gemmakit.errors import ConfigError
+    from gemmakit.finetune import export
+
+    if ns.gguf is None and ns.lora_gguf is None:
+        raise ConfigError("adapters export: give --gguf OUT.gguf and/or --lora-gguf OUT.gguf")
+    adapter = store.get(home, ns.name)
+    out: dict[str, object] = {}
+    if ns.lora_gguf is not None:
+        out["lora_gguf"] = export.lora_gguf(adapter, ns.lora_gguf.expanduser())
+    if ns.gguf is not None:
+        out["gguf"] = export.merged_gguf(adapter, ns.gguf.expanduser(), ns.type, home=home,
+                                         threads=settings.threads)
+    if ns.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0

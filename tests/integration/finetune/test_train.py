@@ -90,3 +90,6 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(trained: dict[str, An
     # A second --resume has nothing to continue; a mismatched one is refused.
     p = _cli(gemmakit_home, *args[:-len(TRAIN_ARGS)], "--resume")
     assert "exists already" in p.communicate(timeout=120)[1]
+    from gemmakit.finetune import store
+
+    store.remove(gemmakit_home, name)
