@@ -192,6 +192,24 @@ class Settings(BaseSettings):
     upstream_cooldown: float = Field(default=5.0, gt=0)
     """Seconds an ejected upstream waits before one trial request (half-open)."""
 
+    # --- the vllm engine: vLLM's own scale knobs, passed through (docs/scale.md) --------------
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """--engine vllm: GPUs each layer is split across (vLLM tensor parallelism)."""
+
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    """--engine vllm: stages the layers are split into, one GPU group each (vLLM pipeline
+    parallelism; across nodes with --distributed-executor-backend ray)."""
+
+    distributed_executor_backend: Literal["ray", "mp"] | None = None
+    """--engine vllm: how vLLM runs its workers: mp (processes on this node) or ray (a Ray
+    cluster, for several nodes); default: vLLM's choice."""
+
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """--engine vllm: share of each GPU's memory vLLM may take (weights and KV cache)."""
+
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    """--engine vllm: most sequences vLLM schedules at once (default: --parallel)."""
+
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are ended
     with finish_reason "shutdown"."""
