@@ -222,6 +222,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Only the first N items of each category (a quick, balanced run).")
     p.add_argument("--output", metavar="FILE.json",
                    help="Also write every reply and its scores to this JSON file.")
+    p.add_argument("--adapter", metavar="NAME", help="Evaluate the model with this stored LoRA "
+                   "adapter (gemmakit finetune; it must have been trained on --model).")
     settings_flags(p, ENGINE_FLAGS)
 
 
@@ -234,7 +236,10 @@ def run(ns: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"unknown mode '{bad[0]}' (modes: {', '.join(MODES)})")
     items = pick(load_set(ns.set), ns.per_category)[: ns.limit]
-    pipeline = compose.load(load_settings(ns))
+    settings = load_settings(ns)
+    pipeline = compose.load(settings)
+    if ns.adapter:
+        pipeline = _with_adapter(pipeline, ns.adapter, settings.home)
 
     async def go() -> dict[str, Score]:
         try:
@@ -248,6 +253,16 @@ def run(ns: argparse.Namespace) -> int:
         Path(ns.output).write_text(json.dumps(
             {m: s.rows for m, s in scores.items()}, ensure_ascii=False, indent=1), "utf-8")
     return 0
+
+
+def _with_adapter(pipeline: Pipeline, name: str, home: Path) -> Pipeline:
+    """The pipeline serving `name` on `pipeline`'s engine (as `serve --adapters` does)."""
+    from gemmakit.finetune import store
+    from gemmakit.pipeline import Pipeline
+
+    adapter = store.get(home, name)
+    pipeline.service.engine.load_adapter(adapter)
+    return Pipeline(pipeline.service.for_adapter(name), pipeline.safety, pipeline.sinks)
 
 
 def main(argv: list[str] | None = None) -> int:
