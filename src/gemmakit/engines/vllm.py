@@ -239,11 +239,21 @@ class VllmEngine(Engine):
         than max_num_seqs + max_queue would be in flight (vLLM itself would queue without
         bound)."""
         self._admit(len(requests))
-        return [self._stream(r) for r in requests]
+        budgets = [self._check(r) for r in requests]  # every refusal before any stream starts
+        return [self._stream(r, n) for r, n in zip(requests, budgets, strict=True)]
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self._admit(1)
-        return self._stream(request)
+        return self._stream(request, self._check(request))
+
+    def _check(self, req: GenerationRequest) -> int:
+        """The request's token budget, or the error refusing it."""
+        if req.media:
+            raise UnsupportedError("the vllm engine takes no image or audio input yet.")
+        if req.adapter is not None:
+            raise InvalidRequestError(f"the adapter '{req.adapter}' is not loaded (the vllm "
+                                      "engine serves no adapters)", param="model")
+        return generation_budget(req, self.context_length)
 
     def _admit(self, n: int) -> None:
         if self._llm.errored:
@@ -291,15 +301,9 @@ class VllmEngine(Engine):
             detokenize=False,  # gemmakit turns ids into text (TokenText)
             output_kind=RequestOutputKind.DELTA, skip_clone=True)
 
-    async def _stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def _stream(self, req: GenerationRequest, max_tokens: int) -> AsyncIterator[Chunk]:
         from vllm import TokensPrompt
 
-        if req.media:
-            raise UnsupportedError("the vllm engine takes no image or audio input yet.")
-        if req.adapter is not None:
-            raise InvalidRequestError(f"the adapter '{req.adapter}' is not loaded (the vllm "
-                                      "engine serves no adapters)", param="model")
-        max_tokens = generation_budget(req, self.context_length)
         sp = req.sampling
         rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         params = self._sampling(req, max_tokens)
