@@ -197,6 +197,7 @@ class VllmEngine(Engine):
     def from_settings(cls, model: ModelRef, settings: Settings) -> VllmEngine:
         from gemmakit.hf.checkpoint import check_hf_folder, dense_from_gguf
 
+        _vllm()  # before a GGUF's conversion: say at once that vLLM is missing
         if model.format == "gguf":
             path = dense_from_gguf(model.path, settings.home)
         else:
@@ -256,9 +257,11 @@ class VllmEngine(Engine):
         return generation_budget(req, self.context_length)
 
     def _admit(self, n: int) -> None:
+        if self._closed:
+            raise EngineError("the engine is shut down")
         if self._llm.errored:
             raise EngineError("the vLLM engine stopped after an internal error")
-        if self._draining or self._closed:
+        if self._draining:
             raise ServiceUnavailableError("The server is shutting down; retry on another replica.",
                                           headers={"Retry-After": "5"})
         if len(self._inflight) + n > self.max_num_seqs + self.max_queue:
@@ -402,6 +405,8 @@ class VllmEngine(Engine):
 
     # --- state ----------------------------------------------------------------------------
     def health(self) -> EngineHealth:
+        if self._closed:
+            return EngineHealth(ok=False, detail="shut down")
         if self._llm.errored:
             return EngineHealth(ok=False, detail="the vLLM engine process died")
         s = self._stats
@@ -452,4 +457,9 @@ class VllmEngine(Engine):
         if self._closed:
             return
         self._closed = True
+        handler = getattr(self._llm, "output_handler", None)
+        if handler is not None:  # on its own loop, before the engine process goes away
+            handler.cancel()
         await asyncio.to_thread(self._llm.shutdown)
+        # Dropped now, not at interpreter exit, where AsyncLLM.__del__ finds vLLM half torn down
+        del self._llm
