@@ -362,9 +362,12 @@ class RemoteEngine(Engine):
             up.inflight -= 1
             if outcome == "cancelled":
                 up.breaker.release()
-            if resp is not None:
-                await resp.aclose()  # unread: the connection closes, the upstream cancels
             self.metrics.observe(up, outcome, time.perf_counter() - t0)
+            if resp is not None:
+                # Unread, the connection closes and the upstream cancels. Shielded: a client
+                # that goes away cancels this task, and a second cancellation arriving during
+                # the close would otherwise leave the connection open and the upstream working.
+                await asyncio.shield(resp.aclose())
 
     async def _refusal(self, up: Upstream, resp: Any, broke: Any) -> BaseException:
         """What a non-200 answer means: the request's own fault (400, 413, 422: passed on, not
