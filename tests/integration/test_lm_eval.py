@@ -2,7 +2,9 @@
 `local-completions` with the server's own tokenizer (/tokenizer_info, /tokenize, /detokenize), on
 two small local tasks (tests/data/lm_eval, no hub access): a log-likelihood multiple-choice task,
 scored through /v1/completions with echo, and a generate-until task. Every figure the harness
-reports is checked against the server's own answers for the same token ids."""
+reports is checked against the server's own answers for the same token ids. One request at a
+time: two sequences decoded in one batch shift their logits slightly (docs/batching.md), and the
+check compares with requests sent alone."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def evaluation(server, tmp_path_factory):
         yield lm_eval.simple_evaluate(
             model="local-completions",
             model_args=f"model={MODEL},base_url={server.base_url}/v1/completions,"
-                       "tokenizer_backend=remote,num_concurrent=2,max_retries=1",
+                       "tokenizer_backend=remote,num_concurrent=1,max_retries=1",
             tasks=[_task("gemmakit_capitals"), _task("gemmakit_counting")],
             log_samples=True, task_manager=TaskManager())
     finally:

@@ -18,7 +18,7 @@ def test_profiles_measured_on_tiny_gemma3(tiny_dir, gemmakit_home):
                           "--json", "--home", str(gemmakit_home), "--threads", "2"],
                          capture_output=True, text=True, check=True, timeout=600)
     rows = {r["profile"]: r for r in json.loads(out.stdout)}
-    assert set(rows) == {"max-efficiency", "balanced", "performance"}
+    assert set(rows) == {"max-efficiency", "balanced", "performance", "edge"}
     for r in rows.values():
         assert r["refused"] is None
         assert r["peak_rss_added_bytes"] > 0 and r["decode_tokens_per_s"] > 0
@@ -32,6 +32,7 @@ def test_profiles_measured_on_tiny_gemma3(tiny_dir, gemmakit_home):
     else:
         assert w["performance"] == w["balanced"]
     assert w["balanced"] > w["max-efficiency"]
+    assert w["edge"] == w["max-efficiency"]  # 8-bit weights, as max-efficiency's
 
 
 def test_llamacpp_profiles_name_the_gguf_type(model_path, gemmakit_home):
