@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +32,7 @@ from gemmakit.errors import (
     InvalidRequestError,
     UnsupportedError,
 )
+from gemmakit.hf.pieces import TokenPieces
 from gemmakit.media import MediaLimits
 from gemmakit.profiles import ProfileRow
 from gemmakit.types import (
@@ -58,9 +58,6 @@ log = logging.getLogger("gemmakit.engine.transformers")
 SCORE_ROWS = 64
 """A scored prompt (`prompt_logprobs`) is prefilled in chunks of this many tokens, so that its
 float logits (1 MB a position over Gemma's 262k vocabulary) never all exist at once."""
-
-# SentencePiece byte-fallback pieces: "<0x0A>" stands for the byte 0x0A.
-_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 def _torch():
@@ -119,10 +116,7 @@ class TransformersEngine(Engine):
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
         self.eog_ids = frozenset(t for t in eos if isinstance(t, int))
-        # Control tokens render as nothing (as llama.cpp's token_to_piece does without `special`).
-        self._control = frozenset(i for i, t in self.tokenizer.added_tokens_decoder.items()
-                                  if t.special)
-        self._pieces: dict[int, bytes] = {}
+        self._pieces = TokenPieces(self.tokenizer)  # control tokens render as nothing
 
         self._queue: queue.Queue[Pending | None] = queue.Queue()
         self._running: Pending | None = None
@@ -178,19 +172,10 @@ class TransformersEngine(Engine):
 
     def token_piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens render as nothing)."""
-        piece = self._pieces.get(token)
-        if piece is None:
-            if token in self._control:
-                piece = b""
-            else:
-                s = self.tokenizer.convert_ids_to_tokens(token) or ""
-                m = _BYTE_PIECE.fullmatch(s)
-                piece = bytes([int(m.group(1), 16)]) if m else s.replace("\u2581", " ").encode()
-            self._pieces[token] = piece
-        return piece
+        return self._pieces.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
+        return self._pieces.text(tokens)
 
     # --- media ----------------------------------------------------------------------------
     def encode_media(self, part: Part) -> MediaEncoding:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -34,6 +33,7 @@ from gemmakit.errors import (
     ServiceUnavailableError,
     UnsupportedError,
 )
+from gemmakit.hf.pieces import TokenPieces
 from gemmakit.types import (
     Capabilities,
     Chunk,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gemmakit.engine.vllm")
 
-_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback: "<0x0A>"
 _BAN = -1e9
 """Logit bias that bans a token (end-of-generation tokens under ignore_eos, as the other engines
 ban them); finite, since it crosses vLLM's process boundary."""
@@ -160,9 +159,7 @@ class VllmEngine(Engine):
             gen_eos = json.loads(gen_path.read_text()).get("eos_token_id")
             eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
         self.eog_ids = frozenset(t for t in eos if isinstance(t, int))
-        self._control = frozenset(i for i, t in self.tokenizer.added_tokens_decoder.items()
-                                  if t.special)
-        self._pieces: dict[int, bytes] = {}
+        self._pieces = TokenPieces(self.tokenizer)  # control tokens render as nothing
 
         extra: dict[str, Any] = {}
         if current_platform.is_cpu():
@@ -220,19 +217,10 @@ class VllmEngine(Engine):
 
     def token_piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens render as nothing)."""
-        piece = self._pieces.get(token)
-        if piece is None:
-            if token in self._control:
-                piece = b""
-            else:
-                s = self.tokenizer.convert_ids_to_tokens(token) or ""
-                m = _BYTE_PIECE.fullmatch(s)
-                piece = bytes([int(m.group(1), 16)]) if m else s.replace("\u2581", " ").encode()
-            self._pieces[token] = piece
-        return piece
+        return self._pieces.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
+        return self._pieces.text(tokens)
 
     # --- generation -----------------------------------------------------------------------
     def submit(self, requests: Sequence[GenerationRequest]) -> list[AsyncIterator[Chunk]]:
