@@ -3,6 +3,8 @@ log-probabilities a ShieldGemma-style judge would): block and flag on input, blo
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -73,7 +75,10 @@ def test_output_judged_unsafe_ends_with_content_filter(make_client, fake_engine)
                            "stream": True})
     text = r.text
     assert '"finish_reason":"content_filter"' in text
-    assert "bad" not in text  # held until judged, then withheld
+    events = [json.loads(line[6:]) for line in text.splitlines()
+              if line.startswith("data: {")]
+    sent = "".join(ch["delta"].get("content") or "" for e in events for ch in e["choices"])
+    assert sent == ""  # held until judged, then withheld (the ids' hex may spell "bad")
     judge = fake_engine.detokenize(fake_engine.requests[1].prompt_tokens)
     assert "Chatbot Response: some bad answer" in judge
 
