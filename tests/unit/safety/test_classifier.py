@@ -4,7 +4,6 @@ log-probabilities a ShieldGemma-style judge would): block and flag on input, blo
 from __future__ import annotations
 
 import json
-
 import math
 
 import pytest
