@@ -302,10 +302,9 @@ class LlamaCppEngine(Engine):
         # End-of-generation tokens, from the vocabulary's own attributes.
         self.eog_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
-        self._pieces: dict[int, bytes] = {}
+        self._text = VocabText(ll, self._vocab)
         self._cand: np.ndarray | None = None  # candidate buffer for constrained sampling
         self._cand_ids: np.ndarray | None = None
-        self._piece_buf = ctypes.create_string_buffer(256)
 
         # Shared between the event loop (submit) and the worker (admit): guarded by _cond.
         self._cond = threading.Condition()
@@ -359,25 +358,11 @@ class LlamaCppEngine(Engine):
     # --- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of `text`, never adding BOS. `special`: parse control-token markup."""
-        data = text.encode("utf-8")
-        n_max = len(data) + 8
-        buf = (self._ll.llama_token * n_max)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
-        if n < 0:  # pragma: no cover - n_max is always enough for SentencePiece
-            n_max = -n
-            buf = (self._ll.llama_token * n_max)()
-            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
-        return list(buf[:n])
+        return self._text.tokenize(text, special=special)
 
     def token_piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens render as nothing)."""
-        piece = self._pieces.get(token)
-        if piece is None:
-            n = self._ll.llama_token_to_piece(self._vocab, token, self._piece_buf,
-                                              len(self._piece_buf), 0, False)
-            piece = self._piece_buf.raw[:n] if n > 0 else b""
-            self._pieces[token] = piece
-        return piece
+        return self._text.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
@@ -1068,6 +1053,37 @@ class LlamaCppEngine(Engine):
         seed = sp.seed if sp.seed is not None else int.from_bytes(os.urandom(4), "little")
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain, None, grammar
+
+
+class VocabText:
+    """Text to token ids and back on a llama.cpp vocabulary (a loaded model's, or one loaded
+    `vocab_only` by the gateway): ids never start with BOS, and a token's bytes are cached."""
+
+    def __init__(self, ll, vocab) -> None:
+        self._ll, self._vocab = ll, vocab
+        self._pieces: dict[int, bytes] = {}
+        self._buf = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self._ll.llama_token * n_max)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
+        if n < 0:  # pragma: no cover - n_max is always enough for SentencePiece
+            n_max = -n
+            buf = (self._ll.llama_token * n_max)()
+            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            n = self._ll.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0,
+                                              False)
+            piece = self._buf.raw[:n] if n > 0 else b""
+            self._pieces[token] = piece
+        return piece
 
 
 class _RequestFault(ValueError):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +21,7 @@ class Vocab(Protocol):
 
 class GgufVocab:
     def __init__(self, path: str | Path) -> None:
-        from gemmakit.engines.llamacpp import _lib
+        from gemmakit.engines.llamacpp import VocabText, _lib
 
         ll = _lib()
         self._ll = ll
@@ -35,28 +34,14 @@ class GgufVocab:
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.eog_ids = frozenset(t for t in range(self.n_vocab)
                                  if ll.llama_vocab_is_eog(self._vocab, t))
-        self._pieces: dict[int, bytes] = {}
-        self._buf = ctypes.create_string_buffer(256)
+        self._text = VocabText(ll, self._vocab)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
-        n_max = len(data) + 8
-        buf = (self._ll.llama_token * n_max)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
-        if n < 0:  # pragma: no cover - n_max is always enough for SentencePiece
-            buf = (self._ll.llama_token * -n)()
-            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, -n, False, special)
-        return list(buf[:n])
+        return self._text.tokenize(text, special=special)
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens render as nothing)."""
-        p = self._pieces.get(token)
-        if p is None:
-            n = self._ll.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0,
-                                              False)
-            p = self._buf.raw[:n] if n > 0 else b""
-            self._pieces[token] = p
-        return p
+        return self._text.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
