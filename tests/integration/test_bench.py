@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
+from .conftest import start_server, stop_server
 from .test_cli import gk
 
 pytestmark = pytest.mark.integration
@@ -61,3 +63,52 @@ def test_prefix_reuse_bench(gemmakit_home, model_path):
     for t in rep["turns"][1:]:
         # Everything but the new user turn comes from the cache.
         assert t["cached_tokens"] >= t["prompt_tokens"] - 40
+
+
+def test_servers_side_by_side_json(gemmakit_home, model_path, tmp_path):
+    """A started gemmakit server (llamacpp) and a running one given by URL, one run, the
+    reference the first item: figures, the usage checks and the ratio arithmetic."""
+    other = start_server(gemmakit_home, tmp_path, "--context-length", "1024", "--parallel", "2")
+    url = other.base_url
+    try:
+        r = gk(gemmakit_home, "bench", "--servers", f"llamacpp,{url}", "--streams", "1,2",
+               "--gen-tokens", "8", "--prefill-tokens", "64", "--rounds", "1",
+               "--requests-per-stream", "1", "--context-length", "1024", "--json",
+               timeout=600)
+    finally:
+        stop_server(other)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["reference"] == "llamacpp"
+    assert set(rep["servers"]) == {"llamacpp", url}
+    for s in rep["servers"].values():
+        for c in (1, 2):
+            lv = s["streams"][str(c)]
+            assert lv["usage_checked"] and lv["requests"] == c
+            assert lv["completion_tokens"] == c * 8  # ignore_eos: exactly --gen-tokens each
+            assert lv["aggregate_tokens_per_s"] > 0 and lv["per_stream_tokens_per_s"] > 0
+            assert 0 < lv["ttft_p50_s"] <= lv["ttft_p99_s"] and lv["tpot_p50_s"] > 0
+        pre = s["prefill"]["64"]
+        assert pre["counted_by"] == "tokenize" and 56 <= pre["prompt_tokens"] <= 64
+        assert pre["prompt_tokens_per_s"] > 0 and pre["ttft_p50_s"] > 0
+        assert s["idle_cpu_percent"] is not None and s["idle_cpu_percent"] >= 0
+        assert s["gemmakit"]
+    started, given = rep["servers"]["llamacpp"], rep["servers"][url]
+    assert started["kind"] == "gemmakit" and given["kind"] == "url"
+    cmd = started["command"]
+    assert cmd[cmd.index("--engine") + 1] == "llamacpp"
+    assert cmd[cmd.index("--parallel") + 1] == "2"  # the largest level
+    assert given["model"] == "gemma-3-270m" and given["command"] is None  # read, not started
+    ratio = rep["ratios"][url]
+    assert set(rep["ratios"]) == {url}
+    for c in ("1", "2"):
+        for f, v in ratio["streams"][c].items():
+            assert v == round(given["streams"][c][f] / started["streams"][c][f], 3)
+    assert ratio["prefill"]["64"]["prompt_tokens_per_s"] == round(
+        given["prefill"]["64"]["prompt_tokens_per_s"]
+        / started["prefill"]["64"]["prompt_tokens_per_s"], 3)
+    assert ratio["ttft_added_ms"] == round(
+        (given["streams"]["1"]["ttft_p50_s"] - started["streams"]["1"]["ttft_p50_s"]) * 1000, 2)
+    assert rep["targets"] == {}  # the issues' targets are over vLLM's own server
+    with pytest.raises(httpx.TransportError):  # the bench stopped the server it started
+        httpx.get(f"{started['base_url']}/health", timeout=5)

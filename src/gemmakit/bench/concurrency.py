@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,42 +80,49 @@ def _in_process(fn, *args):
         return pool.apply(fn, args)
 
 
-async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
-                      ) -> dict[str, Any]:
+async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float, *,
+                      model: str = "bench", prompt: Callable[[int, int], str] = _prompt,
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
     """c closed-loop clients; client k starts k * `stagger` seconds after the first, so the
     streams run out of step as real users do (a linear ramp-up, as vLLM's serving benchmark
-    offers) instead of every request arriving in the same instant. The clients are aiohttp's
+    offers) instead of every request arriving in the same instant. Client k's j-th request
+    streams `prompt(k, j)`. The clients are aiohttp's
     (C HTTP parser): they share the machine with the server, and httpx took twice the CPU per
-    streamed event (2.1 % of a core at 8 streams, against 1.2 %; 0.8 % on uvloop)."""
+    streamed event (2.1 % of a core at 8 streams, against 1.2 %; 0.8 % on uvloop).
+    `usage` holds each answered request's usage object ({} when the server sent none), in the
+    order of `ttft`; `error_detail` the first refusal or error the server answered."""
     import aiohttp
 
     ttft: list[float] = []
     tpot: list[float] = []
     itl: list[float] = []
+    usage: list[dict[str, Any]] = []
     events: list[float] = []  # arrival time of every streamed token event
     first_start: list[float] = []
     last_end: list[float] = []
     tokens = refused = errors = 0
+    error_detail: list[str] = []
 
     async def client(k: int, http: aiohttp.ClientSession) -> None:
         nonlocal tokens, refused, errors
         await asyncio.sleep(k * stagger)
         first_start.append(time.perf_counter())
         for j in range(cfg["requests_per_stream"]):
-            body = {"model": "bench", "max_tokens": cfg["gen_tokens"], "temperature": 0,
+            body = {"model": model, "max_tokens": cfg["gen_tokens"], "temperature": 0,
                     "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-                    "prompt": _prompt(k, j)}
+                    "prompt": prompt(k, j)}
             t0 = time.perf_counter()
             times: list[float] = []
             n = 0
+            got: dict[str, Any] = {}
             async with http.post(f"{base}/v1/completions", json=body) as r:
-                if r.status == 429:
-                    refused += 1
-                    await r.read()
-                    continue
                 if r.status != 200:
-                    errors += 1
-                    await r.read()
+                    if r.status == 429:
+                        refused += 1
+                    else:
+                        errors += 1
+                    text = (await r.read()).decode(errors="replace")
+                    error_detail.append(f"HTTP {r.status}: {text[:300]}")
                     continue
                 # Only a timestamp per event while streaming (the client shares the machine
                 # with the server, so it stays light); the last event, the usage, is parsed.
@@ -126,12 +134,15 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
                 if last:
                     ev = json.loads(last[6:])
                     if ev.get("usage") and not ev["choices"]:
-                        n = ev["usage"]["completion_tokens"]
+                        got = ev["usage"]
+                        n = got["completion_tokens"]
                         times.pop()  # the usage event carries no token
             if not times:
                 errors += 1
+                error_detail.append("a reply without a single streamed event")
                 continue
             tokens += n
+            usage.append(got)
             events.extend(times)
             ttft.append(times[0] - t0)
             if n > 1:
@@ -139,7 +150,7 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
             itl.extend(b - a for a, b in zip(times, times[1:]))
         last_end.append(time.perf_counter())
 
-    async with _session(c) as http:
+    async with _session(c, headers) as http:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k, http) for k in range(c)))
         wall = time.perf_counter() - t0
@@ -149,7 +160,8 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float
     steady = sum(1 for t in events if lo <= t <= hi) / (hi - lo) if hi > lo + 1 else None
     return {"refused": refused, "errors": errors, "tokens": tokens, "wall": wall,
             "steady": steady if steady is not None else tokens / wall,
-            "ttft": ttft, "tpot": tpot, "itl": itl}
+            "ttft": ttft, "tpot": tpot, "itl": itl, "usage": usage,
+            "error_detail": error_detail[0] if error_detail else None}
 
 
 def _level(c: int, cfg: dict[str, Any], stagger: float, runs: list[dict[str, Any]],
@@ -217,10 +229,10 @@ def _arun(coro):
     return uvloop.run(coro)
 
 
-def _session(c: int):
+def _session(c: int, headers: dict[str, str] | None = None):
     import aiohttp
 
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c + 4),
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c + 4), headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=600))
 
 
@@ -228,30 +240,44 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def _start_server(cfg: dict[str, Any], *extra: str):
-    import subprocess
+def _serve_command(cfg: dict[str, Any], port: int, *extra: str,
+                   python: str = sys.executable) -> list[str]:
+    """`gemmakit serve` on the bench's model (served as "bench") on 127.0.0.1:`port`; run it with
+    GEMMAKIT_HOME=cfg["home"]."""
+    return [python, "-m", "gemmakit", "serve", "--model", cfg["path"],
+            "--served-model-name", "bench", "--port", str(port),
+            "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
+            "--log-level", "warning", *extra]
 
+
+def _wait_healthy(proc, base: str, timeout: float = 120) -> bool:
+    """Poll GET /health until it answers 200 (True), the process exits or `timeout` passes."""
     import httpx
 
-    port = _free_port()
-    cmd = [sys.executable, "-m", "gemmakit", "serve", "--model", cfg["path"],
-           "--served-model-name", "bench", "--port", str(port),
-           "--context-length", str(cfg["context_length"]), "--threads", str(cfg["threads"]),
-           "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, env={**os.environ, "GEMMAKIT_HOME": cfg["home"]},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + timeout
     while True:
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
+                return True
         except httpx.TransportError:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("the gemmakit server did not become healthy")
+            return False
         time.sleep(0.1)
+
+
+def _start_server(cfg: dict[str, Any], *extra: str):
+    import subprocess
+
+    port = _free_port()
+    proc = subprocess.Popen(_serve_command(cfg, port, *extra),
+                            env={**os.environ, "GEMMAKIT_HOME": cfg["home"]},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    if not _wait_healthy(proc, base):
+        proc.kill()
+        raise RuntimeError("the gemmakit server did not become healthy")
+    return proc, base
 
 
 def _refusal_latency(cfg: dict[str, Any], n: int = 20) -> dict[str, Any]:

@@ -55,13 +55,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--requests-per-stream", type=int, default=3,
                    help="Requests each concurrent client sends back to back.")
     p.add_argument("--parallel", type=int, default=None,
-                   help="gemmakit's --parallel (default: the serve default; with --concurrency: "
-                        "the largest level).")
+                   help="gemmakit's --parallel (default: the serve default; with --concurrency "
+                        "or --servers: the largest level).")
     g.add_argument("--rounds", type=int, default=3,
-                   help="Rounds per level, each between two runs of the raw reference "
-                        "(median reported).")
+                   help="Rounds per level, each between two runs of the raw reference; with "
+                        "--servers: rounds in which every server is measured once, in turn "
+                        "(medians reported).")
     g.add_argument("--max-queue", type=int, default=None, help="Server --max-queue.")
     g.add_argument("--plot", metavar="PNG", help="Write a throughput/latency plot.")
+    s = p.add_argument_group("servers mode (OpenAI-compatible servers side by side, one run)")
+    s.add_argument("--servers", metavar="LIST",
+                   help="Comma-separated: llamacpp, transformers, vllm (gemmakit serve --engine "
+                        "that, on --model), vllm-server (vLLM's own OpenAI server on the same "
+                        "weights), or http(s):// URLs of running servers.")
+    s.add_argument("--streams", default="1,8", metavar="LIST",
+                   help="Concurrent streams per level (default: 1,8).")
+    s.add_argument("--prefill-tokens", default="512,2048", metavar="LIST",
+                   help="Prompt lengths for prefill tokens/s (default: 512,2048).")
+    s.add_argument("--prefill-repeats", type=int, default=3,
+                   help="Prompts per prefill length and round (median reported).")
+    s.add_argument("--reference", default=None,
+                   help="The server the ratios are over (default: vllm-server when listed, "
+                        "else the first).")
+    s.add_argument("--vllm-python", default=sys.executable,
+                   help="The python that runs vllm and vllm-server (one with vllm installed; "
+                        "default: this one).")
+    s.add_argument("--api-key", default=None, help="Sent as a Bearer token to URL servers.")
+    s.add_argument("--start-timeout", type=float, default=900.0,
+                   help="Seconds for all started servers to become ready (vLLM takes minutes "
+                        "on a small CPU).")
     p.add_argument("--prefix-reuse", action="store_true",
                    help="Time to first token per turn of a multi-turn chat, prefix cache on/off.")
     p.add_argument("--scoring", action="store_true",
@@ -360,6 +382,12 @@ def run(ns: argparse.Namespace) -> int:
 
             out = run_constrained(engine_settings, ns.gen_tokens, ns.repeats)
         print(json.dumps(out, indent=2))
+        return 0
+    if ns.servers:
+        from gemmakit.bench.servers import run_servers, table
+
+        report = run_servers(ns, {**cfg, "format": ref.format}, ref.name)
+        print(json.dumps(report, indent=2) if ns.json else table(report))
         return 0
     if ns.prefix_reuse:
         from gemmakit.bench.prefix import run_prefix
