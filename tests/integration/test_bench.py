@@ -4,8 +4,14 @@ notes, measured on a quiet machine; here only their presence and consistency are
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
+import psutil
 import pytest
 
 from .conftest import start_server, stop_server
@@ -112,3 +118,29 @@ def test_servers_side_by_side_json(gemmakit_home, model_path, tmp_path):
     assert rep["targets"] == {}  # the issues' targets are over vLLM's own server
     with pytest.raises(httpx.TransportError):  # the bench stopped the server it started
         httpx.get(f"{started['base_url']}/health", timeout=5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_servers_bench_stops_its_servers_when_interrupted(gemmakit_home, model_path, sig):
+    bench = subprocess.Popen([sys.executable, "-m", "gemmakit", "bench", "--servers", "llamacpp",
+                              "--json"], env={**os.environ, "GEMMAKIT_HOME": str(gemmakit_home)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        started: list[psutil.Process] = []
+        while not started and time.time() < deadline and bench.poll() is None:
+            started = [c for c in psutil.Process(bench.pid).children()
+                       if "serve" in c.cmdline()]
+            time.sleep(0.1)
+        assert started, "the bench started no server"
+        bench.send_signal(sig)  # while it waits for the server to be ready
+        rc = bench.wait(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        alive = [c for c in started if c.is_running()]
+        for c in alive:  # not the bench's job any more: do not leave it to the next test
+            c.kill()
+    assert rc == (130 if sig == signal.SIGINT else 128 + signal.SIGTERM)
+    assert not alive

@@ -40,7 +40,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -415,12 +417,18 @@ def calibrate(server: Server, n: int) -> PrefillPrompt:
         body = r.json()
         return int(body["count"]) if "count" in body else len(body["tokens"])
 
+    def counted(words: int) -> int:
+        got = count(words)
+        if got is None:
+            raise GemmakitError(f"bench: {server.item.label}: POST /tokenize stopped answering")
+        return got
+
     if count(0) is None:
         return PrefillPrompt(n, max(1, int(n * _WORDS_PER_TOKEN)), "estimate")
     lo, hi = 0, n  # every word is at least one token
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if (count(mid) or 0) <= n:
+        if counted(mid) <= n:
             lo = mid
         else:
             hi = mid - 1
@@ -506,6 +514,23 @@ def measure_servers(servers: list[Server], cfg: dict[str, Any], streams: list[in
     return out
 
 
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM (a `timeout`, a job scheduler) unwinds like Ctrl-C does, through the `finally` that
+    stops the started servers, instead of ending the bench and orphaning them."""
+    def unwind(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_servers(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
     if importlib.util.find_spec("aiohttp") is None:  # the clients
         raise ConfigError("gemmakit bench --servers needs the bench extra: "
@@ -525,7 +550,7 @@ def run_servers(ns, cfg: dict[str, Any], model_name: str) -> dict[str, Any]:
             "api_key": ns.api_key}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
     servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="gemmakit-bench-") as logs:
+    with tempfile.TemporaryDirectory(prefix="gemmakit-bench-") as logs, _stopped_by_sigterm():
         try:
             for item in items:  # all at once: vLLM's minutes of start-up overlap the others'
                 servers.append(_launch(item, cfg, opts, Path(logs)))
