@@ -86,6 +86,7 @@ _TARGETS: dict[tuple[str, str], tuple[tuple[str, tuple[str, ...], str, float], .
 }
 
 _WORDS_PER_TOKEN = 0.75  # English text, for servers that cannot count tokens (no /tokenize)
+_WARM_UP_NUMBERS = 99_000_000  # prefill prompts' numbers for the warm-up, apart from the rounds'
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -435,10 +436,11 @@ def calibrate(server: Server, n: int) -> PrefillPrompt:
     return PrefillPrompt(n, lo, "tokenize")
 
 
-def _prefill_round(server: Server, p: PrefillPrompt, repeats: int, rnd: int, index: int
+def _prefill_round(server: Server, p: PrefillPrompt, repeats: int, first: int
                    ) -> dict[str, Any]:
+    """`repeats` prompts of `p`, numbered from `first` on, one after another."""
     def prompt(_k: int, j: int) -> str:
-        return p.text((rnd * 100 + index) * 1000 + j)
+        return p.text(first + j)
 
     cfg = {"gen_tokens": 1, "requests_per_stream": repeats}
     run = _arun(_http_level(server.base, 1, cfg, 0.0, model=server.model, prompt=prompt,
@@ -457,12 +459,15 @@ def _medians(rounds: list[dict[str, Any]], figures: tuple[str, ...]) -> dict[str
     return out
 
 
-def _warm_up(server: Server, cfg: dict[str, Any]) -> None:
-    """One short streamed request, uncounted (first-request costs: lazy imports, graphs)."""
+def _warm_up(server: Server, prompts: list[PrefillPrompt]) -> None:
+    """A short streamed request and a prompt of each prefill length, uncounted (first-request
+    costs: lazy imports, kernels for new shapes)."""
     run = _arun(_http_level(server.base, 1, {"gen_tokens": 4, "requests_per_stream": 1}, 0.0,
                             model=server.model, prompt=lambda k, j: "Warm-up. ",
                             headers=server.headers))
     _check_usage(server.item.label, "warm-up", run, 4, 1)
+    for i, p in enumerate(prompts):
+        _prefill_round(server, p, 1, _WARM_UP_NUMBERS + i)
 
 
 def measure_servers(servers: list[Server], cfg: dict[str, Any], streams: list[int],
@@ -472,8 +477,8 @@ def measure_servers(servers: list[Server], cfg: dict[str, Any], streams: list[in
     per: dict[str, dict[str, Any]] = {}
     prompts: dict[str, list[PrefillPrompt]] = {}
     for s in servers:
-        _warm_up(s, cfg)
         prompts[s.item.label] = [calibrate(s, n) for n in prefill]
+        _warm_up(s, prompts[s.item.label])
     for s in servers:  # after every warm-up: nothing else is busy
         _pause()
         pid = s.proc.pid if s.proc is not None else _listener_pid(s.base)
@@ -489,7 +494,8 @@ def measure_servers(servers: list[Server], cfg: dict[str, Any], streams: list[in
                 got["streams"][c].append(_decode_round(s, c, cfg, rnd))
             for i, p in enumerate(prompts[s.item.label]):
                 _pause()
-                got["prefill"][p.n].append(_prefill_round(s, p, prefill_repeats, rnd, i))
+                first = (rnd * 100 + i) * 1000  # distinct numbers: no prompt is read twice
+                got["prefill"][p.n].append(_prefill_round(s, p, prefill_repeats, first))
     out = {}
     for s in servers:
         got = per[s.item.label]
