@@ -86,11 +86,11 @@ async def _http_level(base: str, c: int, cfg: dict[str, Any], stagger: float, *,
     """c closed-loop clients; client k starts k * `stagger` seconds after the first, so the
     streams run out of step as real users do (a linear ramp-up, as vLLM's serving benchmark
     offers) instead of every request arriving in the same instant. Client k's j-th request
-    streams `prompt(k, j)`. The clients are aiohttp's
-    (C HTTP parser): they share the machine with the server, and httpx took twice the CPU per
-    streamed event (2.1 % of a core at 8 streams, against 1.2 %; 0.8 % on uvloop).
-    `usage` holds each answered request's usage object ({} when the server sent none), in the
-    order of `ttft`; `error_detail` the first refusal or error the server answered."""
+    streams `prompt(k, j)`. The clients are aiohttp's (C HTTP parser): they share the machine
+    with the server, and httpx took twice the CPU per streamed event (2.1 % of a core at 8
+    streams, against 1.2 %; 0.8 % on uvloop). `usage` holds each answered request's usage
+    ({} when the server sent none), in the order of `ttft`; `error_detail` the first refusal or
+    error the server answered."""
     import aiohttp
 
     ttft: list[float] = []
