@@ -144,3 +144,46 @@ def test_greedy_logit_bias_steers_and_bans(engine):
     _, steered, _ = asyncio.run(_run(engine, _req(engine, "The weather today", temperature=0,
                                                   max_tokens=3, logit_bias={forced: 100})))
     assert steered == [forced] * 3
+
+
+def test_constrained_greedy_top_k_equals_full_vocabulary_pass(engine, monkeypatch):
+    """Greedy under a grammar: checking the best tokens one at a time when the grammar refuses
+    the best one gives exactly what filtering the whole vocabulary gives (GRAMMAR_TOP_K 0), and
+    the answers are valid JSON of the schema."""
+    import json
+
+    from gemmakit.engines import llamacpp
+    from gemmakit.tools.constraints import json_constraint
+
+    schema = {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 24},
+        "population": {"type": "integer", "minimum": 0},
+        "coastal": {"type": "boolean"}}, "required": ["city", "population", "coastal"],
+        "additionalProperties": False}
+    prompts = ["The largest city of Norway as JSON: ", "Facts about Lyon, in JSON: ",
+               "A record for a small inland town: "]
+
+    def answers() -> list[str]:
+        out = []
+        for p in prompts:
+            req = _req(engine, p, temperature=0.0, max_tokens=64)
+            req.constraint = json_constraint(schema, max_tokens=64)
+            out.append(asyncio.run(_run(engine, req))[0])
+        return out
+
+    calls = []
+    real = llamacpp.LlamaCppEngine._best_allowed
+
+    def counted(self, idx, seq, grammar):
+        found = real(self, idx, seq, grammar)
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(llamacpp.LlamaCppEngine, "_best_allowed", counted)
+    fast = answers()
+    assert any(c is not None for c in calls)  # the grammar refused some greedy picks
+    monkeypatch.setattr(llamacpp, "GRAMMAR_TOP_K", 0)
+    assert answers() == fast
+    for a in fast:
+        value = json.loads(a)
+        assert set(value) == {"city", "population", "coastal"} and value["population"] >= 0

@@ -71,6 +71,10 @@ DECODE_RESERVE = 16
 """Cells a newcomer must find free beyond its prompt (at most what it may still generate), so
 that admitting it does not force a preemption at its very first tokens."""
 SCORE_ROWS = 256
+# Greedy decoding under a grammar that refused the best token: the next best tokens are checked
+# one at a time, best first, before the grammar is run over the whole vocabulary (which costs
+# about as much as the step that produced the logits).
+GRAMMAR_TOP_K = 64
 """At most this many prompt positions (and at most the batch size) get their logits in one decode
 when a prompt is scored (`prompt_logprobs`): llama.cpp keeps a float logits row of the whole
 vocabulary per position (1 MB for Gemma's 262k) in an output buffer that stays allocated at its
@@ -1206,7 +1210,9 @@ class LlamaCppEngine(Engine):
         same: greedy, the best token is the best allowed one whenever it is allowed; sampled,
         a draw from p that is kept when allowed and otherwise redrawn from p restricted to the
         allowed set gives each allowed token p(t) / p(allowed), exactly the restricted
-        distribution. Every token is still checked, so validity is unchanged."""
+        distribution. Greedy, a refused pick is followed by the next best tokens, one check
+        each (`_best_allowed`), before any whole-vocabulary pass. Every token is still checked,
+        so validity is unchanged."""
         ll, grammar, chain = self._ll, seq.grammar, seq.sampler
         if chain is None:
             token = self._argmax(idx, seq.greedy_bias)
@@ -1215,9 +1221,12 @@ class LlamaCppEngine(Engine):
             ll.llama_sampler_apply(chain, ctypes.byref(cand))
             token = int(cand.data[cand.selected].id)
         if not self._grammar_allows(grammar, token):
-            cand = self._candidates(idx)
-            ll.llama_sampler_apply(grammar, ctypes.byref(cand))
-            if chain is None:  # greedy: the best allowed token (the grammar keeps the order)
+            found = self._best_allowed(idx, seq, grammar) if chain is None else None
+            if found is not None:
+                token = found
+            elif chain is None:  # greedy: the best allowed token (the grammar keeps the order)
+                cand = self._candidates(idx)
+                ll.llama_sampler_apply(grammar, ctypes.byref(cand))
                 assert self._cand is not None
                 logits = self._cand["logit"]
                 if seq.greedy_bias is not None:
@@ -1225,6 +1234,8 @@ class LlamaCppEngine(Engine):
                     logits[ids] += add
                 token = int(np.argmax(logits))
             else:
+                cand = self._candidates(idx)
+                ll.llama_sampler_apply(grammar, ctypes.byref(cand))
                 ll.llama_sampler_apply(chain, ctypes.byref(cand))
                 token = int(cand.data[cand.selected].id)
         ll.llama_sampler_accept(grammar, token)
@@ -1248,6 +1259,38 @@ class LlamaCppEngine(Engine):
         return ll.llama_token_data_array(
             data=self._cand.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)),
             size=self.n_vocab, selected=-1, sorted=False)
+
+    def _best_allowed(self, idx: int, seq: _Sequence, grammar) -> int | None:
+        """Greedy under a grammar that refused the best token: the GRAMMAR_TOP_K best tokens
+        (logit bias applied, equal logits in id order, as argmax takes them) checked one at a
+        time. The first the grammar allows is the best allowed token of the whole vocabulary
+        when its logit is above every token outside those checked; otherwise (none allowed, or
+        a tie at the edge) None, and the grammar filters the whole vocabulary."""
+        k = GRAMMAR_TOP_K
+        if k <= 0 or k >= self.n_vocab:
+            return None
+        ptr = self._ll.llama_get_logits_ith(self._ctx, idx)
+        row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        bias = seq.greedy_bias
+        if bias is not None:
+            ids, add = bias
+            saved = row[ids]
+            row[ids] = saved + add
+        try:
+            part = np.argpartition(row, -(k + 1))[-(k + 1):]
+            vals = row[part]
+        finally:
+            if bias is not None:
+                row[ids] = saved
+        order = np.lexsort((part, -vals))  # best first, equal logits by id
+        edge = vals[order[k]]  # the best logit outside the k checked
+        for j in order[:k]:
+            if vals[j] <= edge:
+                return None
+            tok = int(part[j])
+            if self._grammar_allows(grammar, tok):
+                return tok
+        return None
 
     def _grammar_allows(self, grammar, token: int) -> bool:
         ll = self._ll
