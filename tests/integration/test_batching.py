@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from gemmakit.engines.llamacpp import LlamaCppEngine
-from gemmakit.errors import ContextLengthExceededError, OverloadedError
+from gemmakit.errors import OverloadedError
 from gemmakit.types import GenerationRequest, SamplingParams
 
-from .conftest import MODEL, start_server, stop_server
+from .conftest import MODEL, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -47,71 +47,24 @@ async def _collect(stream):
     return text, ids, finish
 
 
-def _raw_unified_greedy(model_path, prompts, n_tokens, *, n_ctx, threads):
-    """Bare llama-cpp-python greedy decoding of `prompts` together in one unified KV cache, with
-    the engine's schedule: every prompt in one llama_batch, then one token per sequence per step
-    (bench/raw.py's RawBatch.greedy, on the engine's cache layout)."""
-    import numpy as np
-
-    from gemmakit.engines.llamacpp import _lib
-
-    ll = _lib()
-    model = ll.llama_model_load_from_file(str(model_path).encode(),
-                                          ll.llama_model_default_params())
-    p = ll.llama_context_default_params()
-    p.n_ctx, p.n_seq_max, p.kv_unified, p.swa_full = n_ctx, len(prompts), True, True
-    p.n_batch = p.n_ubatch = 512
-    p.n_threads = p.n_threads_batch = threads
-    p.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    ctx = ll.llama_init_from_model(model, p)
-    batch = ll.llama_batch_init(512, 0, 1)
-    n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
-
-    def decode(items):  # (token, position, sequence id, wants logits)
-        for i, (tok, pos, seq, logits) in enumerate(items):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, logits
-            batch.seq_id[i][0] = seq
-        batch.n_tokens = len(items)
-        assert ll.llama_decode(ctx, batch) == 0
-
-    def argmax(idx):
-        ptr = ll.llama_get_logits_ith(ctx, idx)
-        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,))))
-
-    try:
-        items = [(tok, pos, s, pos == len(q) - 1) for s, q in enumerate(prompts)
-                 for pos, tok in enumerate(q)]
-        decode(items)
-        out = [[argmax(i)] for i, it in enumerate(items) if it[3]]
-        for k in range(1, n_tokens):
-            decode([(out[s][-1], len(q) + k - 1, s, True) for s, q in enumerate(prompts)])
-            for s in range(len(prompts)):
-                out[s].append(argmax(s))
-        return out
-    finally:
-        ll.llama_batch_free(batch)
-        ll.llama_free(ctx)
-        ll.llama_model_free(model)
-
-
-def test_concurrent_greedy_is_exactly_llama_cpp_batched(model_path):
+def test_concurrent_greedy_is_exactly_llama_cpp_batched(batch_engine, model_path):
     """The engine adds nothing of its own to batched decoding: 8 prompts decoded together give
-    token for token what raw llama.cpp batched decoding of the same 8 in the same unified cache
-    gives (same schedule; a fresh engine, so the cells are laid out as in the raw run)."""
-    eng = LlamaCppEngine(model_path, context_length=512, parallel=8)
+    token for token what raw llama.cpp batched decoding of the same 8 gives (same schedule)."""
+    from gemmakit.bench.raw import RawBatch
+
+    eng = batch_engine
 
     async def together():
         streams = eng.submit([_req(eng, p, temperature=0, max_tokens=24, ignore_eos=True)
                               for p in PROMPTS])
         return await asyncio.gather(*(_collect(s) for s in streams))
 
+    ours = [ids for _, ids, _ in asyncio.run(together())]
+    raw = RawBatch(model_path, n_seq=8, context_length=512, threads=eng.threads)
     try:
-        ours = [ids for _, ids, _ in asyncio.run(together())]
-        prompts = [[2, *eng.tokenize(p)] for p in PROMPTS]
-        n_ctx, threads = eng.kv_cells, eng.threads
+        ref, _ = raw.greedy([[2, *eng.tokenize(p)] for p in PROMPTS], 24)
     finally:
-        asyncio.run(eng.aclose())
-    ref = _raw_unified_greedy(model_path, prompts, 24, n_ctx=n_ctx, threads=threads)
+        raw.close()
     assert ours == ref
 
 
@@ -236,210 +189,47 @@ def test_prefix_reuse_on_multi_turn(batch_engine):
     assert sb.cached_prompt_tokens >= n1  # the whole first turn was reused
 
 
-# --- the shared KV pool: admission by free cells, preemption, eviction -------------------------
-# Prompts whose greedy continuation has wide margins (counting, the alphabet): llama.cpp's
-# kernels are not bit-exact across batch shapes (see docs/batching.md), and on these prompts the
-# last bits cannot flip a token, so comparing with the request run alone tests the scheduler (a
-# lost, duplicated or misplaced token changes the text) rather than llama.cpp's numerics.
-STEADY = ["Count: 1, 2, 3, 4, 5,", "The alphabet: a b c d e f", "Days: Monday, Tuesday,",
-          "Numbers: 10 20 30 40"]
+def test_running_sequences_keep_contiguous_ids(batch_engine):
+    """llama.cpp runs each run of consecutive sequence ids as its own micro-batch (a whole extra
+    pass over the weights), so a newcomer takes the free id that keeps the running ids in one run:
+    here the gap a cancelled request leaves in the middle."""
+    eng = batch_engine
 
-
-@pytest.fixture(scope="module")
-def alone_engine(model_path):
-    eng = LlamaCppEngine(model_path, context_length=256, parallel=1)
-    yield eng
-    asyncio.run(eng.aclose())
-
-
-def _alone(eng, reqs):
-    async def go():
-        return [await _collect(eng.stream(r)) for r in reqs]
-    return asyncio.run(go())
-
-
-def _together(eng, reqs):
-    async def go():
-        return await asyncio.gather(*(_collect(s) for s in eng.submit(reqs)))
-    return asyncio.run(go())
-
-
-def test_default_server_runs_16_sequences_at_once_in_the_memory_of_4(gemmakit_home, model_path,
-                                                                      tmp_path):
-    """`gemmakit serve` with its defaults: 16 requests decode together, in one pool of 4
-    contexts' cells (what the 4 separate caches took before)."""
-    s = start_server(gemmakit_home, tmp_path)  # --context-length 4096, every other default
-    seen = {"running": 0.0, "total": 0.0, "used": 0.0}
-    done: list[dict] = []
-
-    def one(i: int) -> None:
-        with httpx.Client(timeout=300) as c:
-            r = c.post(f"{s.base_url}/v1/completions",
-                       json={"model": MODEL, "prompt": PROMPTS[i % 8] + " " * (i // 8),
-                             "max_tokens": 48, "ignore_eos": True, "temperature": 0})
-            done.append(r.json())
-
-    def gauge(text: str, name: str) -> float:
-        return max((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith(name + "{")), default=0.0)
-
-    try:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        with httpx.Client(timeout=30) as c:
-            while any(t.is_alive() for t in threads):
-                text = c.get(f"{s.base_url}/metrics").text
-                seen["running"] = max(seen["running"], gauge(text, "gemmakit_requests_running"))
-                seen["used"] = max(seen["used"], gauge(text, "gemmakit_kv_cache_cells_used"))
-                seen["total"] = gauge(text, "gemmakit_kv_cache_cells_total")
-                time.sleep(0.05)
-            text = c.get(f"{s.base_url}/metrics").text
-        for t in threads:
-            t.join()
-    finally:
-        stop_server(s)
-    assert len(done) == 16 and all(d["usage"]["completion_tokens"] == 48 for d in done), done
-    assert seen["running"] == 16, seen
-    assert seen["total"] == 4 * 4096 and 0 < seen["used"] <= seen["total"], seen
-    assert gauge(text, "gemmakit_kv_preemptions_total") == 0
-
-
-def test_preempted_requests_continue_exactly(model_path, alone_engine):
-    """Four requests that together need more cells than the pool holds (4 x 96 > 256): all are
-    admitted (their prompts fit), the newest are preempted when the pool runs out, recompute
-    their prompt and generated tokens when cells free up, and go on: each stream's tokens are
-    exactly those of the request run alone, none lost or repeated."""
-    eng = LlamaCppEngine(model_path, context_length=256, kv_cells=256, parallel=4)
-    try:
-        reqs = [_req(eng, p, temperature=0, max_tokens=90, ignore_eos=True) for p in STEADY]
-        got = _together(eng, reqs)
-        assert eng.preemptions >= 1
-        fams = {f.name: f for f in eng.metric_families()}
-        assert fams["gemmakit_kv_preemptions"].samples[0].value == eng.preemptions
-        acct = eng.kv_accounting()
-        assert acct["consistent"], acct
-    finally:
-        asyncio.run(eng.aclose())
-    alone = _alone(alone_engine, reqs)
-    for (text, ids, finish), (_, ref, _) in zip(got, alone):
-        assert finish == "length" and len(ids) == 90
-        assert text == alone_engine.detokenize(ids)
-        assert ids == ref
-
-
-def test_preemption_keeps_grammar_stop_and_sampler_state(model_path):
-    """Seeded sampling with penalties, logprobs, a grammar that allows one text only and a stop
-    string near its end, on requests that are preempted and recomputed: each stream's text is
-    exactly the grammar's text up to the stop string. A grammar rebuilt at readmission would
-    start the text over, a stop-string buffer lost would let part of it through, and a token
-    lost or repeated across the preemption would break the text (the model's own choices of
-    tokenization vary, the text cannot)."""
-    from gemmakit.types import Constraint
-
-    text = ", ".join(str(i) for i in range(1, 31))
-    grammar = Constraint("grammar", 'root ::= "' + text + '"')
-    eng = LlamaCppEngine(model_path, context_length=256, kv_cells=256, parallel=4)
-    sp = dict(temperature=1.0, max_tokens=200, repetition_penalty=1.1, stop=["28, 29"],
-              logprobs=True, top_logprobs=2)
-
-    async def one(stream):
-        out, n, lps, finish = "", 0, 0, None
-        async for c in stream:
-            out += c.text
-            n += len(c.token_ids)
-            lps += len(c.logprobs)
-            finish = c.finish_reason or finish
-        return out, n, lps, finish
-
-    async def together():
-        reqs = [GenerationRequest(prompt_tokens=[2, *eng.tokenize(p)], request_id=p,
-                                  sampling=SamplingParams(seed=11 + i, **sp),
-                                  constraint=grammar)
-                for i, p in enumerate(["Count to thirty:", "Numbers, please:", "Go on:",
-                                       "List them:"])]
-        return await asyncio.gather(*(one(s) for s in eng.submit(reqs)))
-
-    try:
-        got = asyncio.run(together())
-        assert eng.preemptions >= 1
-        assert eng.kv_accounting()["consistent"]
-    finally:
-        asyncio.run(eng.aclose())
-    for out, n, lps, finish in got:
-        assert (out, finish) == (text[: text.index("28, 29")], "stop")
-        assert lps == n > 0
-
-
-def test_a_request_that_can_never_fit_is_refused_one_that_must_wait_is_served(model_path):
-    """Prompt + max_tokens beyond a request's context (here the whole pool): 400 at once. A
-    request that fits but not beside the one running waits for cells, then runs."""
-    eng = LlamaCppEngine(model_path, context_length=256, kv_cells=256, parallel=4)
-    long_prompt = [2, *eng.tokenize("The history of printing, paper and ink. " * 14)][:150]
-    other_prompt = [2, *eng.tokenize("Rivers, lakes and the sea in old maps. " * 14)][:150]
+    def running_ids():
+        return {s["seq_id"] for s in eng.kv_accounting()["slots"] if s["running"]}
 
     async def go():
-        with pytest.raises(ContextLengthExceededError):
-            eng.submit([GenerationRequest(prompt_tokens=long_prompt, request_id="never",
-                                          sampling=SamplingParams(max_tokens=200))])
-        (first,) = eng.submit([GenerationRequest(
-            prompt_tokens=long_prompt, request_id="first",
-            sampling=SamplingParams(max_tokens=80, temperature=0, ignore_eos=True))])
-        await first.__anext__()
-        (second,) = eng.submit([GenerationRequest(
-            prompt_tokens=other_prompt, request_id="second",
-            sampling=SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))])
-        await asyncio.sleep(0.5)
-        h = eng.health()
-        waited = (h.requests_running, h.requests_waiting)
-        a, b = await asyncio.gather(_collect(first), _collect(second))
-        return waited, a, b
+        streams = []
+        for i in range(4):
+            (s,) = eng.submit([_req(eng, PROMPTS[i], max_tokens=300, ignore_eos=True, seed=i)])
+            await s.__anext__()  # admitted and generating
+            streams.append(s)
+        ids = sorted(s.seq_id for s in streams)
+        assert ids == list(range(ids[0], ids[0] + 4)), ids
+        middle = next(s for s in streams if s.seq_id == ids[1])
+        await middle.aclose()
+        while eng.health().requests_running > 3:
+            await asyncio.sleep(0.01)
+        (new,) = eng.submit([_req(eng, PROMPTS[5], max_tokens=300, ignore_eos=True)])
+        await new.__anext__()
+        got = new.seq_id, running_ids()
+        for s in (*streams, new):
+            await s.aclose()
+        return ids, got
 
-    try:
-        waited, a, b = asyncio.run(go())
-        assert waited == (1, 1)  # 150 + 150 prompt cells (no shared prefix) exceed 256
-        assert len(a[1]) == 79 and len(b[1]) == 20  # 1 token read before, 79 after
-        assert eng.preemptions == 0
-        assert eng.kv_accounting()["consistent"]
-    finally:
-        asyncio.run(eng.aclose())
-
-
-def test_idle_prefix_caches_are_evicted_before_anything_is_preempted(model_path):
-    """A finished request's cells stay as a prefix cache while there is room (a later request
-    with the same prefix reuses them), and are the first to go, least recently used first, when
-    a request needs the cells."""
-    eng = LlamaCppEngine(model_path, context_length=256, kv_cells=256, parallel=4)
-    base = [2, *eng.tokenize("A long shared system prompt about the history of printing. " * 4)]
-
-    def run(prompt, n):
-        return asyncio.run(_collect_stats(eng.stream(GenerationRequest(
-            prompt_tokens=prompt, request_id="r",
-            sampling=SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)))))
-
-    try:
-        ids, _ = run(base, 8)
-        _, stats = run(base + ids + eng.tokenize(" And then?"), 8)
-        assert stats.cached_prompt_tokens >= len(base)  # reused while the pool had room
-        cached = eng.kv_cells_used()
-        assert cached > len(base)
-        # A request that needs most of the pool: the caches go, nothing is preempted.
-        other = [2, *eng.tokenize("Numbers: 10 20 30 40 50 60 70 80 90 100 " * 8)][:140]
-        _, stats = run(other, 100)
-        assert stats.completion_tokens == 100 and stats.cached_prompt_tokens == 0
-        assert eng.preemptions == 0
-        acct = eng.kv_accounting()
-        assert acct["consistent"], acct
-        assert acct["cells_used"] == len(other) + 99  # only its own cells are left
-    finally:
-        asyncio.run(eng.aclose())
+    ids, (new_id, running) = asyncio.run(go())
+    assert new_id == ids[1]
+    assert running == set(ids)
+    deadline = time.time() + 10
+    while eng.health().requests_running and time.time() < deadline:
+        time.sleep(0.05)
+    assert eng.kv_accounting()["consistent"]
 
 
 def test_shared_prefix_is_copied_from_a_running_request(batch_engine):
     """Two requests with the same long system prompt, the second arriving while the first still
-    generates: the second shares the first one's cells (its own sequence id holding the same
-    cells of the unified cache) and computes only its own suffix; it reads exactly what a fresh
-    computation gives."""
+    generates: the second starts from a copy of the first one's cells (in its own sequence id) and
+    computes only its own suffix; it reads exactly what a fresh computation gives."""
     eng = batch_engine
     shared = [2, *eng.tokenize("You are a careful assistant who answers questions about the "
                                "history of printing, paper and ink in plain words. " * 3)]
@@ -459,7 +249,7 @@ def test_shared_prefix_is_copied_from_a_running_request(batch_engine):
         return ids, stats, acct
 
     ids, stats, acct = asyncio.run(go())
-    # The first request still runs in its own id, so the reused cells are shared.
+    # The first request still runs in its own id, so the reused cells were copied across.
     assert stats.cached_prompt_tokens >= len(shared)
     assert acct["consistent"], acct
     fresh = LlamaCppEngine(eng.model_path, context_length=512, parallel=1, prefix_cache=False)
