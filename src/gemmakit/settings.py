@@ -88,10 +88,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=1)
     """Prompt tokens evaluated per step (llama.cpp n_batch)."""
 
-    parallel: int = Field(default=16, ge=1, le=64)
-    """Most sequences decoded together in one batch (continuous batching). They share one KV
-    cache of 4 x context_length cells (fewer with --parallel below 4); a request waits for free
-    cells, and the newest running one is preempted (recomputed later) if the cache runs out."""
+    parallel: int = Field(default=4, ge=1, le=64)
+    """Sequences decoded together in one batch (continuous batching); each has its own
+    context_length of KV cache."""
 
     max_queue: int = Field(default=64, ge=0)
     """Requests that may wait for a free sequence; beyond that, 429 with Retry-After at once."""

@@ -9,9 +9,8 @@
 
 What each engine allocates is a fact about the engine, kept in data/gemma.toml [engines]:
 gemmakit's llama.cpp engine keeps full caches on sliding layers (swa_full, so prefix reuse can
-roll a sequence back), one pool of cells shared by the sequences (kv_unified; 4 contexts at
-most), f16 cells, padded to 256; the transformers engine keeps only the window on sliding
-layers and runs one sequence.
+roll a sequence back), one stream of cells per sequence (kv_unified off), f16 cells, padded to
+256; the transformers engine keeps only the window on sliding layers and runs one sequence.
 """
 
 from __future__ import annotations
@@ -79,12 +78,10 @@ def llamacpp_kv_cells(arch: Architecture, facts: dict[str, Any], context: int) -
 
 def llamacpp_kv_bytes(arch: Architecture, facts: dict[str, Any], context: int,
                       parallel: int) -> int:
-    """One pool shared by every sequence (kv_unified): `pool_contexts` contexts' cells, or
-    `parallel` of them when fewer run (the engine's POOL_CONTEXTS)."""
+    """Every sequence has its own cells (kv_unified off): parallel x per-sequence cells."""
     block, size = type_size(facts["kv_cache_type"])
     per_token = arch.kv_bytes_per_token(size / block)
-    contexts = min(parallel, int(facts.get("pool_contexts", parallel)))
-    return int(contexts * sum(llamacpp_kv_cells(arch, facts, context)) * per_token)
+    return int(parallel * sum(llamacpp_kv_cells(arch, facts, context)) * per_token)
 
 
 def transformers_kv_bytes(arch: Architecture, facts: dict[str, Any], context: int,

@@ -13,13 +13,12 @@ import asyncio
 import collections
 import contextlib
 import ctypes
-import itertools
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,13 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gemmakit.engine.llamacpp")
 
 MIN_PREFIX_REUSE = 32  # tokens: shorter shared prefixes are recomputed
-POOL_CONTEXTS = 4
-"""The default KV pool holds this many full per-sequence contexts (at most `parallel` of them):
-what 4 separate per-sequence caches took before the cache was unified, shared by up to
-`parallel` (16) sequences."""
-DECODE_RESERVE = 16
-"""Cells a newcomer must find free beyond its prompt (at most what it may still generate), so
-that admitting it does not force a preemption at its very first tokens."""
 SCORE_ROWS = 256
 # Greedy decoding under a grammar that refused the best token: the next best tokens are checked
 # one at a time, best first, before the grammar is run over the whole vocabulary (which costs
@@ -152,9 +144,8 @@ class _Sequence(Pending):
 
     slot: _Slot | None = None
     n_past: int = 0  # positions of this sequence held in the KV cache
-    cached_prompt: int = 0  # prompt tokens reused from a prefix cache at first admission
-    admitted: int = 0  # admission order (a preemption's victim is the most recently admitted)
-    preemptions: int = 0
+    n_prompt_done: int = 0
+    cached_prompt: int = 0  # prompt tokens reused from the slot's prefix cache
     generated: list[int] = field(default_factory=list)
     sampler: object = None  # a llama.cpp sampler chain, or None for plain greedy decoding
     grammar: object = None  # the request's grammar sampler (a constraint), outside the chain
@@ -171,117 +162,23 @@ class _Sequence(Pending):
         return self.request.sampling.prompt_logprobs is not None
 
     @property
-    def n_feed(self) -> int:
-        """Positions to compute before the next token can be decoded: the prompt, and after a
-        preemption also every generated token but the last (which the next decode step feeds)."""
-        return len(self.request.prompt_tokens) + max(len(self.generated) - 1, 0)
-
-    @property
     def prefilling(self) -> bool:
-        return self.n_past < self.n_feed
-
-    @property
-    def reserve(self) -> int:
-        """Cells kept free for this sequence's first decoded tokens (see DECODE_RESERVE)."""
-        return max(0, min(DECODE_RESERVE, self.max_tokens - len(self.generated)))
-
-    def feed_tokens(self) -> list[int]:
-        return self.request.prompt_tokens + self.generated
+        return self.n_prompt_done < len(self.request.prompt_tokens)
 
     def tokens_in_kv(self) -> list[int]:
         """The tokens at positions 0..n_past-1 of this sequence's KV cells."""
-        return self.feed_tokens()[: self.n_past]
+        return (self.request.prompt_tokens + self.generated)[: self.n_past]
 
 
 @dataclass(eq=False)
 class _Slot:
     """One llama.cpp sequence id. After a request ends, its KV cells stay as a prefix cache
-    (`cached` lists their tokens) until another request needs the id or the pool needs the
-    cells (least recently used first). The cells themselves are counted by `CellPool`."""
+    (`cached` lists their tokens) until another request needs the slot."""
 
     seq_id: int
     cached: list[int] = field(default_factory=list)
     last_used: float = 0.0
     adapter: str | None = None  # the LoRA adapter its cells were computed with
-
-
-class CellPool:
-    """The cells of llama.cpp's unified KV cache as the engine has placed them, counted without
-    asking llama.cpp (whose API reports positions per sequence, not cells in use).
-
-    A sequence id holds positions 0..n-1. Cells are labelled (block, position): a block is a run
-    of positions one sequence computed, and a prefix copied to another id (llama_memory_seq_cp in
-    a unified cache) shares the source's cells instead of taking new ones; a cell is free once no
-    id holds it. Every segment of a block starts at the block's first position, so a block uses
-    (the furthest end any id holds) - (its start) cells."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._segs: dict[int, list[tuple[int, int, int]]] = {}  # id -> [(block, start, end)]
-        self._start: dict[int, int] = {}  # block -> its first position
-        self._end: dict[int, int] = {}  # block -> the furthest position it ever reached
-        self._blocks = 0
-
-    def held(self, seq_id: int) -> int:
-        segs = self._segs.get(seq_id)
-        return segs[-1][2] if segs else 0
-
-    def ids(self) -> list[int]:
-        return list(self._segs)
-
-    def extend(self, seq_id: int, k: int) -> None:
-        """`seq_id` computed its next `k` positions (k new cells)."""
-        if k <= 0:
-            return
-        segs = self._segs.setdefault(seq_id, [])
-        end = segs[-1][2] if segs else 0
-        if segs and self._end[segs[-1][0]] == end:  # nobody holds this block past our end
-            b = segs[-1][0]
-            segs[-1] = (b, segs[-1][1], end + k)
-        else:
-            b = self._blocks
-            self._blocks += 1
-            self._start[b] = end
-            segs.append((b, end, end + k))
-        self._end[b] = end + k
-
-    def copy(self, src: int, dst: int, n: int) -> None:
-        """`dst` (empty) now shares `src`'s cells of positions 0..n-1."""
-        assert not self._segs.get(dst)
-        self._segs.pop(dst, None)
-        clipped = self._clip(self._segs.get(src, []), n)
-        if clipped:
-            self._segs[dst] = clipped
-
-    def truncate(self, seq_id: int, n: int) -> None:
-        """`seq_id` keeps positions 0..n-1 (0: it holds nothing)."""
-        clipped = self._clip(self._segs.get(seq_id, []), n)
-        if clipped:
-            self._segs[seq_id] = clipped
-        else:
-            self._segs.pop(seq_id, None)
-        if len(self._start) > 64 + 4 * len(self._segs):  # forget blocks nobody holds
-            live = {b for segs in self._segs.values() for b, _, _ in segs}
-            self._start = {b: v for b, v in self._start.items() if b in live}
-            self._end = {b: v for b, v in self._end.items() if b in live}
-
-    @staticmethod
-    def _clip(segs: list[tuple[int, int, int]], n: int) -> list[tuple[int, int, int]]:
-        return [(b, s, min(e, n)) for b, s, e in segs if s < n]
-
-    def used(self, without: frozenset[int] | set[int] = frozenset()) -> int:
-        """Cells in use (if the ids in `without` held nothing)."""
-        reach: dict[int, int] = {}
-        for seq_id, segs in self._segs.items():
-            if seq_id in without:
-                continue
-            for b, _, e in segs:
-                reach[b] = max(reach.get(b, 0), e)
-        return sum(e - self._start[b] for b, e in reach.items())
-
-    @property
-    def free(self) -> int:
-        return self.size - self.used()
 
 
 class SequenceStream:
@@ -328,17 +225,12 @@ class SequenceStream:
 
 
 class LlamaCppEngine(Engine):
-    """GGUF through llama.cpp, with continuous batching over one shared (unified) KV cache.
+    """GGUF through llama.cpp, with continuous batching.
 
-    Up to `parallel` sequences decode together in one batch, each in its own llama.cpp sequence
-    id, all taking their cells from one pool of `kv_cells` (default: POOL_CONTEXTS contexts of
-    `context_length`); a request may use at most `context_length` positions. Up to `max_queue`
-    more requests wait; a waiting request is admitted, first come first served, once its
-    uncached prompt fits in the free cells. When the pool runs out mid-generation the most
-    recently admitted sequence is preempted (its cells dropped, recomputed when it is admitted
-    again) after idle prefix caches have been evicted. Requests join and leave the batch between
-    steps; a new request's prompt is prefilled in chunks interleaved with the running sequences'
-    decode steps, reusing the longest cached prefix."""
+    `parallel` sequences decode together in one batch, each in its own llama.cpp sequence id with
+    `context_length` positions of KV cache; up to `max_queue` more requests wait. Requests join
+    and leave the batch between steps; a new request's prompt is prefilled in chunks interleaved
+    with the running sequences' decode steps, reusing the longest cached prefix of a free slot."""
 
     name = "llamacpp"
 
@@ -346,8 +238,7 @@ class LlamaCppEngine(Engine):
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
                  max_queue: int = 64, prefill_chunk: int = 128, prefix_cache: bool = True,
                  flash_attention: bool = False, kv_cache_type: str = "f16",
-                 extra_buffers: bool = True, swa_full: bool = True,
-                 kv_cells: int | None = None) -> None:
+                 extra_buffers: bool = True, swa_full: bool = True) -> None:
         ll = _lib()
         self._ll = ll
         self.model_path = Path(model_path)
@@ -375,25 +266,21 @@ class LlamaCppEngine(Engine):
         self.chat_template = self.metadata.get("tokenizer.chat_template")
         self.trained_context_length = ll.llama_model_n_ctx_train(self._model)
 
-        # Default: the trained context, capped at 8192 (a request's own limit), and a pool of
-        # POOL_CONTEXTS such contexts (4 x 8192 cells = 0.6 GB of f16 cache for the 270M).
+        # Default: the trained context, capped so that `parallel` full caches stay modest
+        # (8192 tokens x 4 sequences = 0.6 GB of f16 cache for the 270M).
         per_seq = context_length or min(self.trained_context_length, 8192)
-        pool = kv_cells or per_seq * min(parallel, POOL_CONTEXTS)
         cparams = ll.llama_context_default_params()
         # Keep every sliding-window layer's cells too: prefix reuse rolls sequences back, which
         # a cache holding only the window cannot do correctly.
         if not swa_full and prefix_cache:
             raise ConfigError("prefix reuse needs the full sliding-window cache (swa_full)")
         cparams.swa_full = swa_full
-        # One pool of cells for every sequence (kv_unified): a cell belongs to whichever
-        # sequence computed it, and a shared prefix is one set of cells held by several ids.
-        # Sequence ids beyond `parallel` keep finished requests' cells as prefix caches.
-        n_ids = min(2 * parallel, 256) if prefix_cache else parallel
-        cparams.n_ctx = pool
-        cparams.n_seq_max = n_ids
-        cparams.kv_unified = True
-        # A decode step feeds one token per running sequence: the batch holds at least that.
-        cparams.n_batch = max(batch_size, parallel)
+        # Each sequence gets its own `per_seq` cells (kv_unified off): one long request can never
+        # starve the others of cache mid-generation, so admission is a simple count.
+        cparams.n_ctx = per_seq * parallel
+        cparams.n_seq_max = parallel
+        cparams.kv_unified = False
+        cparams.n_batch = batch_size
         cparams.n_ubatch = batch_size
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
@@ -408,15 +295,13 @@ class LlamaCppEngine(Engine):
             ll.llama_model_free(self._model)
             raise ConfigError("llama.cpp could not create a context (is the context too large "
                               "for memory?)")
-        self.kv_cells = ll.llama_n_ctx(self._ctx)
-        if self.kv_cells != pool:  # llama.cpp allocates the cache in blocks of 256
-            log.warning("KV pool of %d cells rounded up to %d by llama.cpp", pool, self.kv_cells)
-        # A request's own limit: its context, and never more than the whole pool.
-        self.context_length = min(per_seq, self.kv_cells)
+        self.context_length = ll.llama_n_ctx_seq(self._ctx)
+        if self.context_length != per_seq:  # llama.cpp allocates the cache in blocks of 256
+            log.warning("context length %d rounded up to %d by llama.cpp", per_seq,
+                        self.context_length)
         self.batch_size = batch_size
         self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(max(batch_size, parallel), 0, 1)
-        self._pool = CellPool(self.kv_cells)
+        self._batch = ll.llama_batch_init(batch_size, 0, parallel)
 
         # End-of-generation tokens, from the vocabulary's own attributes.
         self.eog_ids = frozenset(t for t in range(self.n_vocab)
@@ -430,9 +315,7 @@ class LlamaCppEngine(Engine):
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._active: list[_Sequence] = []
         self._finish_times: collections.deque[float] = collections.deque(maxlen=64)
-        self._slots = [_Slot(i) for i in range(n_ids)]
-        self._admissions = 0  # admissions so far (each sequence's `admitted` number)
-        self.preemptions = 0  # sequences preempted for lack of cells, since start
+        self._slots = [_Slot(i) for i in range(parallel)]
         self._stop = False  # the worker exits
         self._draining = False  # refuse new work
         self._force_end: FinishReason | None = None  # end everything now with this reason
@@ -546,56 +429,25 @@ class LlamaCppEngine(Engine):
             return EngineHealth(ok=False, detail=self._failed)
         with self._cond:
             running, waiting = len(self._active), len(self._waiting)
-            used = self._pool.used()
+            used = sum(s.n_past for s in self._active)
         return EngineHealth(ok=self._worker.is_alive() and not self._stop and not self._draining,
                             requests_running=running, requests_waiting=waiting,
-                            kv_cache_usage_ratio=used / self.kv_cells)
-
-    def kv_cells_used(self) -> int:
-        """Cells of the KV pool in use now (running sequences and idle prefix caches)."""
-        with self._cond:
-            return self._pool.used()
-
-    def metric_families(self) -> Iterable[Any]:
-        """The KV pool's cells (used, total) and the preemptions since start, labelled with the
-        model file (several llama.cpp models may be served at once)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        label = [self.model_path.name]
-        used = GaugeMetricFamily("gemmakit_kv_cache_cells_used",
-                                 "KV cache cells in use (running sequences and idle prefix "
-                                 "caches), of gemmakit_kv_cache_cells_total.",
-                                 labels=["model_file"])
-        used.add_metric(label, self.kv_cells_used())
-        total = GaugeMetricFamily("gemmakit_kv_cache_cells_total",
-                                  "KV cache cells in the shared pool.", labels=["model_file"])
-        total.add_metric(label, self.kv_cells)
-        pre = CounterMetricFamily("gemmakit_kv_preemptions",
-                                  "Sequences preempted because the KV pool ran out (their cells "
-                                  "dropped and recomputed later).", labels=["model_file"])
-        pre.add_metric(label, self.preemptions)
-        return [used, total, pre]
+                            kv_cache_usage_ratio=used / (self.context_length * self.parallel))
 
     def kv_accounting(self) -> dict[str, object]:
-        """The engine's view of every sequence id against llama.cpp's own memory positions: an
-        id holds its running sequence's positions, or an idle prefix cache (at least the cached
-        tokens). `consistent` is false if any cell is unaccounted for (a leak) or missing."""
+        """The engine's view of every slot against llama.cpp's own memory positions: a slot's
+        cells are its cached prefix (idle) or its running sequence's positions. `consistent` is
+        false if any cell is unaccounted for (a leak) or missing."""
         with self._cond:
             running = {s.slot.seq_id: s.n_past for s in self._active if s.slot is not None}
             slots = []
-            ok = True
             for slot in self._slots:
-                held = self._pool.held(slot.seq_id)
+                expect = running.get(slot.seq_id, len(slot.cached))
                 pos_max = self._ll.llama_memory_seq_pos_max(self._mem, slot.seq_id)
-                slots.append({"seq_id": slot.seq_id, "expected_cells": held,
-                              "llama_positions": pos_max + 1, "running": slot.seq_id in running,
-                              "cached_tokens": len(slot.cached)})
-                ok &= held == pos_max + 1
-                ok &= (running[slot.seq_id] == held if slot.seq_id in running
-                       else len(slot.cached) <= held)
-            used = self._pool.used()
-        return {"slots": slots, "cells_used": used, "cells_total": self.kv_cells,
-                "consistent": ok and used <= self.kv_cells}
+                slots.append({"seq_id": slot.seq_id, "expected_cells": expect,
+                              "llama_positions": pos_max + 1, "running": slot.seq_id in running})
+        return {"slots": slots,
+                "consistent": all(s["expected_cells"] == s["llama_positions"] for s in slots)}
 
     async def drain(self, timeout: float) -> None:
         """Graceful shutdown: refuse new work, let running and queued requests finish for up to
@@ -641,11 +493,16 @@ class LlamaCppEngine(Engine):
                     if self._stop and not self._active and not self._waiting:
                         return
                     self._drop_cancelled_locked()
-                    self._admit_waiting_locked()
+                    while self._waiting and len(self._active) < self.parallel:
+                        group = [self._waiting.popleft()]
+                        while (self._waiting and self._waiting[0].group is group[0].group
+                               and len(self._active) + len(group) < self.parallel):
+                            group.append(self._waiting.popleft())
+                        group = [seq for seq in group if not seq.cancelled]
+                        if group:
+                            self._admit_locked(group)
                 if self._active:
                     self._step()
-                elif self._waiting:  # pragma: no cover - a request always fits an empty pool
-                    raise RuntimeError("a waiting request does not fit the empty KV pool")
         except Exception as e:  # an engine bug or a llama.cpp failure: fail loudly, not silently
             log.exception("llama.cpp worker failed")
             self._failed = type(e).__name__
@@ -655,202 +512,99 @@ class LlamaCppEngine(Engine):
                 self._active.clear()
                 self._waiting.clear()
 
-    # --- admission by free cells --------------------------------------------------------------
-    def _admit_waiting_locked(self) -> None:
-        """Admit waiting sequences, first come first served, while a sequence may still join the
-        batch (`parallel`) and the head's uncached prompt (plus a small decode reserve) fits in
-        the free cells, idle prefix caches evicted for it least recently used first. The head
-        waits rather than being overtaken, so a long request is never starved by shorter ones
-        behind it. The choices of one request take consecutive ids in choice order where there
-        is room: a token's logits depend on its position in the batch (measured: up to 0.36 in a
-        logit when two sequences swap places), and the batch is laid out by id, so this keeps a
-        request with n choices and a seed giving the same n outputs every time."""
-        while self._waiting and len(self._active) < self.parallel:
-            head = self._waiting[0]
-            group = [head]
-            for seq in itertools.islice(self._waiting, 1, None):
-                if seq.group is not head.group or len(self._active) + len(group) >= self.parallel:
-                    break
-                group.append(seq)
-            block = self._id_block(len(group)) if len(group) > 1 else None
-            for i, seq in enumerate(group):
-                target = self._slots[block[i]] if block is not None else None
-                if not self._try_admit_locked(seq, target):
-                    return
-
-    def _id_block(self, k: int) -> range | None:
-        """The least recently used run of `k` consecutive idle sequence ids, if there is one."""
+    def _admit_locked(self, group: list[_Sequence]) -> None:
+        """Admit the sequences of one submit() call. The choices of one request take consecutive
+        ids in choice order where there is room: a token's logits depend on its position in the
+        batch (measured: up to 0.36 in a logit when two sequences swap places), and the batch is
+        laid out by id, so this keeps a request with n choices and a seed giving the same n
+        outputs every time."""
         busy = {s.slot.seq_id for s in self._active if s.slot is not None}
-        blocks = [range(i, i + k) for i in range(len(self._slots) - k + 1)
-                  if not busy.intersection(range(i, i + k))]
-        if not blocks:
-            return None
-        return min(blocks, key=lambda r: (max(self._slots[i].last_used for i in r), r.start))
+        k = len(group)
+        if k > 1:
+            blocks = [range(i, i + k) for i in range(self.parallel - k + 1)
+                      if not busy.intersection(range(i, i + k))]
+            if blocks:
+                block = min(blocks, key=lambda r: (_runs(busy | set(r)),
+                                                   max(self._slots[i].last_used for i in r),
+                                                   r.start))
+                for seq, i in zip(group, block):
+                    self._admit_one_locked(seq, self._slots[i])
+                return
+        for seq in group:
+            self._admit_one_locked(seq)
 
-    def _try_admit_locked(self, seq: _Sequence, target: _Slot | None) -> bool:
-        """Admit `seq` (the head of the queue) if its cells fit; False when it has to wait.
+    def _admit_one_locked(self, seq: _Sequence, target: _Slot | None = None) -> None:
+        """Give `seq` a free slot (`target`, if given) and seed it with the longest reusable
+        cached prefix.
 
-        It starts from the longest prompt prefix held by any sequence id (an idle prefix cache
-        or a running sequence's cells): an idle cache's own id is taken over, a running one's
-        cells are shared with the newcomer's id (llama_memory_seq_cp shares cells in a unified
-        cache: no copy, no extra memory)."""
-        assert self._waiting[0] is seq
-        first = seq.text is None  # not admitted before (a preempted sequence keeps its state)
-        target, source, keep = self._plan_reuse(seq, target)
-        need = seq.n_feed - keep + seq.reserve
-        # Prompts already admitted and not yet read have their cells promised.
-        committed = sum(s.n_feed - s.n_past + s.reserve for s in self._active if s.prefilling)
+        Which slot: one that keeps the running sequence ids contiguous. llama.cpp splits a batch
+        over separate KV streams into one micro-batch per run of consecutive sequence ids, and
+        each micro-batch reads all the weights again, so scattered ids would cost a whole extra
+        forward pass per step. What it starts with: the longest prompt prefix held by any slot
+        (an idle slot's cache or a running sequence's cells); when that is another slot, its
+        cells are copied across (a memory copy, far cheaper than recomputing them)."""
+        try:
+            seq.sampler, seq.greedy_bias, seq.grammar = self._make_sampler(seq.request)
+        except Exception as e:  # this request's sampler or grammar: it alone fails
+            self._fail_sequence(seq, e, "building its sampler")
+            return
         busy = {s.slot.seq_id for s in self._active if s.slot is not None}
-        idle = [slot for slot in self._slots if slot.seq_id not in busy
-                and self._pool.held(slot.seq_id) and not (keep and slot.seq_id == source)]
-        if self.kv_cells - self._pool.used({slot.seq_id for slot in idle}) - committed < need:
-            return False
-        if first:
-            try:
-                seq.sampler, seq.greedy_bias, seq.grammar = self._make_sampler(seq.request)
-            except Exception as e:  # this request's sampler or grammar: it alone fails
-                self._waiting.popleft()
-                self._fail_sequence(seq, e, "building its sampler")
-                return True
-        # The target's own cells go (unless it is the source), then idle caches, oldest first.
-        if not (keep and source == target.seq_id):
-            self._evict_locked(target)
-        for slot in sorted(idle, key=lambda slot: slot.last_used):
-            if self._pool.free - committed >= need:
-                break
-            self._evict_locked(slot)
-        if keep and source != target.seq_id:
-            self._kv_share(source, target.seq_id, keep)
-        elif keep and not self._kv_keep(target.seq_id, keep):
-            keep = 0  # partial removal refused (cannot happen with a full cache): start over
-        self._waiting.popleft()
-        seq.slot = target
-        seq.n_past = keep
-        if first:
-            seq.cached_prompt = keep
-            seq.prompt_lp = [] if seq.scoring else None
-            seq.t_start = time.perf_counter()
-            seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
-        target.cached = []
-        target.adapter = seq.request.adapter
-        self._admissions += 1
-        seq.admitted = self._admissions
-        self._active.append(seq)
-        return True
-
-    def _plan_reuse(self, seq: _Sequence, target: _Slot | None) -> tuple[_Slot, int, int]:
-        """(target slot, source id, prefix length to reuse from it) for `seq`; no side effects.
-        Without a given target: the source itself when it is an idle cache, else an id holding
-        no cells, else the least recently used idle cache."""
-        busy = {s.slot.seq_id for s in self._active if s.slot is not None}
-        feed = seq.feed_tokens()[: seq.n_feed]
-        held = {slot.seq_id: slot.cached for slot in self._slots if slot.seq_id not in busy}
+        prompt = seq.request.prompt_tokens
+        free = [slot for slot in self._slots if slot.seq_id not in busy]
+        assert free
+        held = {slot.seq_id: slot.cached for slot in free}
         held.update({s.slot.seq_id: s.tokens_in_kv() for s in self._active
                      if s.slot is not None})
+
         # Cells computed under another adapter (or none) hold other keys and values.
         owner = {slot.seq_id: slot.adapter for slot in self._slots}
 
-        first = seq.text is None
-
         def reusable(seq_id: int) -> int:
-            if not self.prefix_cache or seq.prompt_lp is not None or (first and seq.scoring):
-                return 0  # a scored prompt needs every logit
+            if not self.prefix_cache or seq.scoring:  # a scored prompt needs every logit
+                return 0
             if owner[seq_id] != seq.request.adapter:
                 return 0
-            n = _common_prefix(held[seq_id], feed)
+            n = _common_prefix(held[seq_id], prompt)
             # A prompt the cache holds whole (a retry, a regenerated reply) is computed afresh:
             # llama.cpp's kernels are not bit-exact across batch shapes, and recomputing the
             # prompt the way it was first computed keeps "same prompt, same seed, same output".
             # A short shared prefix (the turn markup every chat starts with) saves nothing and
             # would make the numerics depend on what ran before, so only a real prefix counts.
-            return n if MIN_PREFIX_REUSE <= n < len(feed) else 0
+            return n if MIN_PREFIX_REUSE <= n < len(prompt) else 0
 
         reuse = {seq_id: reusable(seq_id) for seq_id in held}
-        idle = [slot for slot in self._slots if slot.seq_id not in busy]
         if target is None:
-            best = max(reuse, key=lambda i: (reuse[i], i not in busy, -i))
-            if reuse[best] and best not in busy:
-                target = self._slots[best]
-            else:
-                target = min(idle, key=lambda slot: (self._pool.held(slot.seq_id) > 0,
-                                                     slot.last_used, slot.seq_id))
-        # Ties go to the target itself (nothing to share), then to an idle cache.
-        source = max(reuse, key=lambda i: (reuse[i], i == target.seq_id, i not in busy))
-        return target, source, reuse[source]
-
-    # --- the pool's cells: every change goes through these, so CellPool mirrors llama.cpp -------
-    def _kv_drop(self, seq_id: int) -> None:
-        self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
-        self._pool.truncate(seq_id, 0)
-
-    def _kv_keep(self, seq_id: int, n: int) -> bool:
-        """Keep positions 0..n-1 of `seq_id`; False (and nothing kept) if llama.cpp refuses."""
-        if self._ll.llama_memory_seq_rm(self._mem, seq_id, n, -1):
-            self._pool.truncate(seq_id, n)
-            return True
-        self._kv_drop(seq_id)
-        return False
-
-    def _kv_share(self, src: int, dst: int, n: int) -> None:
-        self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, n)
-        self._pool.copy(src, dst, n)
-
-    def _evict_locked(self, slot: _Slot) -> None:
-        """Drop an idle prefix cache's cells."""
-        if self._pool.held(slot.seq_id):
-            self._kv_drop(slot.seq_id)
-        slot.cached = []
-
-    def _preempt_locked(self, seq: _Sequence) -> None:
-        """Take `seq` out of the batch for lack of cells: its cells are dropped and it goes back
-        to the head of the queue, keeping everything else (sampler chain with its RNG and
-        penalty state, grammar state, generated tokens, stop-string buffer). Admitted again, it
-        recomputes its prompt and generated tokens and goes on where it stopped."""
-        self._active.remove(seq)
-        slot = seq.slot
-        assert slot is not None
-        self._evict_locked(slot)
-        slot.last_used = 0.0
-        seq.slot = None
-        seq.n_past = 0
-        if seq.prompt_lp is not None:  # still scoring its prompt: scored again from the start
-            seq.prompt_lp = []
-        seq.preemptions += 1
-        self.preemptions += 1
-        self._waiting.appendleft(seq)
-        log.debug("request %s preempted (%d generated tokens to recompute)",
-                  seq.request.request_id, len(seq.generated))
-
-    def _make_room(self, plan: list[tuple[_Sequence, int]]) -> list[tuple[_Sequence, int]]:
-        """Free cells for `plan`'s tokens (one per token): idle prefix caches go first, least
-        recently used first; then running sequences are preempted, the most recently admitted
-        first. Returns the plan without the preempted ones."""
-        with self._cond:
-            need = sum(take for _, take in plan)
-            while self._pool.free < need:
-                busy = {s.slot.seq_id for s in self._active if s.slot is not None}
-                idle = [slot for slot in self._slots
-                        if slot.seq_id not in busy and self._pool.held(slot.seq_id)]
-                if idle:
-                    self._evict_locked(min(idle, key=lambda slot: slot.last_used))
-                    continue
-                if len(self._active) <= 1:
-                    break  # a single request always fits the pool (refused at submit if not)
-                victim = max(self._active, key=lambda s: s.admitted)
-                self._preempt_locked(victim)
-                plan = [(s, take) for s, take in plan if s is not victim]
-                need = sum(take for _, take in plan)
-        return plan
+            target = min(free, key=lambda slot: (_runs(busy | {slot.seq_id}),
+                                                 -reuse[slot.seq_id], slot.last_used,
+                                                 slot.seq_id))
+        # Ties go to the target itself (no copy), then to an idle slot: a running source may
+        # itself be waiting for a copy into it.
+        source = max(reuse, key=lambda seq_id: (reuse[seq_id], seq_id == target.seq_id,
+                                                seq_id not in busy))
+        keep = reuse[source]
+        ll = self._ll
+        if keep and source != target.seq_id:
+            # Separate KV streams: the copy takes the source's whole stream (applied at the next
+            # decode), then the cells past the shared prefix are dropped.
+            ll.llama_memory_seq_cp(self._mem, source, target.seq_id, -1, -1)
+        if not ll.llama_memory_seq_rm(self._mem, target.seq_id, keep, -1):
+            keep = 0  # partial removal refused (cannot happen with a full cache): start over
+            ll.llama_memory_seq_rm(self._mem, target.seq_id, -1, -1)
+        seq.slot = target
+        seq.n_past = seq.n_prompt_done = seq.cached_prompt = keep
+        target.cached = []
+        target.adapter = seq.request.adapter
+        seq.prompt_lp = [] if seq.scoring else None
+        seq.t_start = time.perf_counter()
+        seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
+        self._active.append(seq)
 
     def _retire_locked(self, seq: _Sequence) -> None:
-        """Take `seq` out of the batch; its cells stay as the id's prefix cache."""
+        """Take `seq` out of the batch; its cells stay as the slot's prefix cache."""
         self._active.remove(seq)
         slot = seq.slot
         assert slot is not None
-        if self.prefix_cache:
-            slot.cached = seq.tokens_in_kv()
-        else:
-            self._evict_locked(slot)
+        slot.cached = seq.tokens_in_kv()
         slot.last_used = time.perf_counter()
         self._free_samplers(seq)
 
@@ -883,9 +637,6 @@ class LlamaCppEngine(Engine):
         for seq in [s for s in self._active if s.cancelled]:
             self._retire_locked(seq)
         if any(s.cancelled for s in self._waiting):
-            for seq in self._waiting:
-                if seq.cancelled:  # a preempted one holds its samplers
-                    self._free_samplers(seq)
             self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
 
     def _end_all_locked(self, reason: FinishReason) -> None:
@@ -895,13 +646,8 @@ class LlamaCppEngine(Engine):
                            stats=self._stats(seq, time.perf_counter())))
             self._retire_locked(seq)
         for seq in self._waiting:
-            if seq.text is not None:  # preempted: it has streamed tokens already
-                seq.emit(Chunk(text=seq.text.close(), finish_reason=reason,
-                               stats=self._stats(seq, time.perf_counter())))
-                self._free_samplers(seq)
-            else:
-                seq.emit(Chunk(finish_reason=reason, stats=ChunkStats(
-                    prompt_tokens=len(seq.request.prompt_tokens))))
+            seq.emit(Chunk(finish_reason=reason, stats=ChunkStats(
+                prompt_tokens=len(seq.request.prompt_tokens))))
         self._waiting.clear()
         self._force_end = None
 
@@ -922,8 +668,8 @@ class LlamaCppEngine(Engine):
             rows = min(SCORE_ROWS, self.batch_size)  # logits rows left for scored prompts
             plan = []
             for seq in prefilling:
-                take = min(budget, seq.n_feed - seq.n_past)
-                if seq.prompt_lp is not None:
+                take = min(budget, len(seq.request.prompt_tokens) - seq.n_prompt_done)
+                if seq.scoring:
                     take = min(take, rows)
                     rows -= take
                 if take <= 0:
@@ -944,7 +690,7 @@ class LlamaCppEngine(Engine):
         adapter in use (the base, None, first): requests for different adapters and the base
         run in the same round, each group reading the weights once."""
         groups: dict[str | None, list[tuple[_Sequence, int]]] = {}
-        for item in self._make_room(plan):
+        for item in plan:
             groups.setdefault(item[0].request.adapter, []).append(item)
         for name in sorted(groups, key=lambda n: (n is not None, n or "")):
             self._use_adapter(name)
@@ -1008,10 +754,9 @@ class LlamaCppEngine(Engine):
                                           "running; unload it once they finish",
                                           param="lora_name", code="adapter_in_use")
             self._lora_retired.append(self._loras.pop(name))
-            for slot in self._slots:  # its cached cells can never be reused: evicted first
+            for slot in self._slots:  # its cached cells can never be reused
                 if slot.adapter == name:
                     slot.cached = []
-                    slot.last_used = 0.0
             self._cond.notify()
         if not self._worker.is_alive():
             self._free_retired_adapters()
@@ -1022,15 +767,11 @@ class LlamaCppEngine(Engine):
     def _decode(self, plan: list[tuple[_Sequence, int]]) -> None:
         """Decode `plan` (sequence, tokens it feeds: 1 for a decoding sequence, a chunk for a
         prefilling one) in one llama_decode, then sample where logits were computed. Entries go
-        into the batch in sequence-id order (a request's n choices in choice order). A sequence
-        recomputing its cells after a preemption samples nothing at the end of that prefill:
-        its next token is already known (its last generated one, fed by the next decode)."""
-        if not plan:
-            return
+        into the batch in sequence-id order, which is what lets llama.cpp run contiguous ids as
+        one micro-batch."""
         n = 0
         sample_at: list[tuple[_Sequence, int]] = []  # (sequence, batch index of its logits)
         scored: list[tuple[_Sequence, int, int, int]] = []  # (seq, batch index, position, rows)
-        before = [(seq, seq.n_past) for seq, _ in plan]
         for seq, take in sorted(plan, key=lambda item: _seq_id(item[0])):
             seq_id = _seq_id(seq)
             if not seq.prefilling:
@@ -1039,47 +780,31 @@ class LlamaCppEngine(Engine):
                 seq.n_past += 1
                 n += 1
                 continue
-            feed = seq.feed_tokens()
-            scoring = seq.prompt_lp is not None
+            prompt = seq.request.prompt_tokens
             for j in range(take):
-                self._batch_add(n + j, feed[seq.n_past + j], seq.n_past + j, seq_id, scoring)
-            if scoring:
-                scored.append((seq, n, seq.n_past, take))
+                self._batch_add(n + j, prompt[seq.n_prompt_done + j], seq.n_past + j, seq_id,
+                                seq.scoring)
+            if seq.scoring:
+                scored.append((seq, n, seq.n_prompt_done, take))
             n += take
             seq.n_past += take
-            if not seq.prefilling and not seq.generated:
-                # The prompt's last token: its logits give the first token.
+            seq.n_prompt_done += take
+            if not seq.prefilling:  # the prompt's last token: its logits give the first token
                 self._batch.logits[n - 1] = True
                 sample_at.append((seq, n - 1))
         self._batch.n_tokens = n
         rc = self._ll.llama_decode(self._ctx, self._batch)
-        if rc == 1 and len(self._active) > 1:
-            # No cells for the batch (llama.cpp changed nothing): the engine's count of the pool
-            # disagrees with llama.cpp's. Preempt the newest sequence and go on next round.
-            log.warning("llama_decode found no KV cells for %d tokens (%d of %d counted free); "
-                        "preempting a sequence", n, self._pool.free, self.kv_cells)
-            with self._cond:
-                for seq, n_past in before:
-                    seq.n_past = n_past
-                self._preempt_locked(max(self._active, key=lambda s: s.admitted))
-            return
         if rc != 0:
             # The sequences of this batch end with an error and their cells are dropped (their
             # state is unknown); the engine goes on serving the others.
             err = RuntimeError(f"llama_decode returned {rc}")
-            with self._cond:
-                for seq, n_past in before:
-                    seq.n_past = n_past
             for seq, _ in plan:
                 slot = seq.slot
                 self._fail_sequence(seq, err, "decoding")
                 if slot is not None:
-                    with self._cond:
-                        self._evict_locked(slot)
+                    self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                    slot.cached = []
             return
-        with self._cond:
-            for seq, n_past in before:
-                self._pool.extend(_seq_id(seq), seq.n_past - n_past)
         for seq, idx, pos, k in scored:
             try:
                 self._score(seq, idx, pos, k)
@@ -1353,15 +1078,8 @@ class LlamaCppEngine(Engine):
                 self.n_vocab, len(bias), arr))
         if penalties:
             # Penalties look at the last 64 tokens, prompt included (as llama.cpp's server does).
-            # llama-cpp-python 0.3.36's llama.h takes the vocabulary size first; older
-            # bindings (llama.cpp before it was added back) take only the four.
-            try:
-                pen = ll.llama_sampler_init_penalties(self.n_vocab, 64, sp.repetition_penalty,
-                                                      sp.frequency_penalty, sp.presence_penalty)
-            except TypeError:  # pragma: no cover - depends on the installed binding
-                pen = ll.llama_sampler_init_penalties(64, sp.repetition_penalty,
-                                                      sp.frequency_penalty,
-                                                      sp.presence_penalty)
+            pen = ll.llama_sampler_init_penalties(64, sp.repetition_penalty,
+                                                  sp.frequency_penalty, sp.presence_penalty)
             for t in req.prompt_tokens[-64:]:
                 ll.llama_sampler_accept(pen, t)
             ll.llama_sampler_chain_add(chain, pen)
@@ -1424,6 +1142,11 @@ def _seq_id(seq: _Sequence) -> int:
     """The sequence id of an admitted sequence (every sequence in a batch has a slot)."""
     assert seq.slot is not None
     return seq.slot.seq_id
+
+
+def _runs(ids: set[int]) -> int:
+    """How many runs of consecutive integers `ids` forms ({0, 1, 2, 5} has two)."""
+    return sum(1 for i in ids if i - 1 not in ids)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
