@@ -187,3 +187,15 @@ def test_constrained_greedy_top_k_equals_full_vocabulary_pass(engine, monkeypatc
     for a in fast:
         value = json.loads(a)
         assert set(value) == {"city", "population", "coastal"} and value["population"] >= 0
+
+
+def test_penalties_change_sampling_and_complete(engine):
+    """Repetition, frequency and presence penalties build llama.cpp's penalties sampler (its
+    signature takes the vocabulary size first in this binding) and steer a repetitive prompt."""
+    base = _req(engine, "la la la la la la la la", temperature=0.0, max_tokens=12)
+    plain = asyncio.run(_run(engine, base))
+    pen = _req(engine, "la la la la la la la la", temperature=0.0, max_tokens=12,
+               repetition_penalty=1.5, frequency_penalty=1.0, presence_penalty=1.0)
+    penalised = asyncio.run(_run(engine, pen))
+    assert penalised[2] == "length" and len(penalised[1]) == 12
+    assert penalised[1] != plain[1]

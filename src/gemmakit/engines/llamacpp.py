@@ -1078,8 +1078,14 @@ class LlamaCppEngine(Engine):
                 self.n_vocab, len(bias), arr))
         if penalties:
             # Penalties look at the last 64 tokens, prompt included (as llama.cpp's server does).
-            pen = ll.llama_sampler_init_penalties(64, sp.repetition_penalty,
-                                                  sp.frequency_penalty, sp.presence_penalty)
+            # llama-cpp-python 0.3.36's llama.h takes the vocabulary size first; older
+            # bindings take only the four.
+            try:
+                pen = ll.llama_sampler_init_penalties(self.n_vocab, 64, sp.repetition_penalty,
+                                                      sp.frequency_penalty, sp.presence_penalty)
+            except TypeError:  # pragma: no cover - depends on the installed binding
+                pen = ll.llama_sampler_init_penalties(64, sp.repetition_penalty,
+                                                      sp.frequency_penalty, sp.presence_penalty)
             for t in req.prompt_tokens[-64:]:
                 ll.llama_sampler_accept(pen, t)
             ll.llama_sampler_chain_add(chain, pen)
