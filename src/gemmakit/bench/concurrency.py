@@ -254,19 +254,18 @@ def _wait_healthy(proc, base: str, timeout: float = 120) -> bool:
     """Poll GET /health until it answers 200 (True), the process exits or `timeout` passes."""
     import httpx
 
-    # One client for all polls, twice a second: a new client per poll (an SSL context each) at
-    # 10 Hz took a third of a core while vLLM, starting beside it, needed every cycle.
+    # Twice a second: at 10 Hz the polls (a new client each) took a third of a core while vLLM,
+    # starting beside it, needed every cycle.
     deadline = time.time() + timeout
-    with httpx.Client(timeout=2) as http:
-        while True:
-            try:
-                if http.get(f"{base}/health").status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                return False
-            time.sleep(0.5)
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def _start_server(cfg: dict[str, Any], *extra: str):
