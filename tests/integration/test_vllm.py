@@ -235,7 +235,8 @@ def test_an_image_is_a_400_naming_the_part(vllm_server: Server) -> None:
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == "messages[0].content[1]", err
-    assert "vllm engine takes no image" in err["message"], err
+    # the bundled 270M is text-only, so the pipeline refuses the part before the engine would
+    assert "cannot take image input" in err["message"] or "takes no image" in err["message"], err
     assert httpx.get(f"{vllm_server.base_url}/health").json()["status"] == "ok"
 
 
