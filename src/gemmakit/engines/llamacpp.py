@@ -63,15 +63,15 @@ log = logging.getLogger("gemmakit.engine.llamacpp")
 
 MIN_PREFIX_REUSE = 32  # tokens: shorter shared prefixes are recomputed
 SCORE_ROWS = 256
-# Greedy decoding under a grammar that refused the best token: the next best tokens are checked
-# one at a time, best first, before the grammar is run over the whole vocabulary (which costs
-# about as much as the step that produced the logits).
-GRAMMAR_TOP_K = 64
 """At most this many prompt positions (and at most the batch size) get their logits in one decode
 when a prompt is scored (`prompt_logprobs`): llama.cpp keeps a float logits row of the whole
 vocabulary per position (1 MB for Gemma's 262k) in an output buffer that stays allocated at its
 largest size, so a scored prompt is prefilled in chunks of this many tokens (256 MB once).
 Smaller chunks cost more: measured with `gemmakit bench --scoring`, see docs/batching.md."""
+# Greedy decoding under a grammar that refused the best token: the next best tokens are checked
+# one at a time, best first, before the grammar is run over the whole vocabulary (which costs
+# about as much as the step that produced the logits).
+GRAMMAR_TOP_K = 64
 
 _llama = None
 
