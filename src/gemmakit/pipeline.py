@@ -32,7 +32,7 @@ from gemmakit.prompts.audio import Task, audio_task_messages
 from gemmakit.safety.auth import PermissionDeniedError
 from gemmakit.safety.validation import check_encodable, validate_messages, validate_prompts
 from gemmakit.service import ChoiceResult, Prepared, Service, Usage, close_stream
-from gemmakit.tools.chat import ToolPlan, ToolStream
+from gemmakit.tools.chat import Outcome, ToolPlan, ToolStream
 from gemmakit.types import (
     AudioPart,
     Chunk,
@@ -130,6 +130,9 @@ class Delta:
     finish_reason: FinishReason | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
     """On a choice's first delta, when the prompt is scored (see Chunk.prompt_logprobs)."""
+    schema_error: str | None = None
+    """On a choice's last delta: why its structured answer failed the schema check after
+    generation, or why the calls it wrote were not returned as calls (Outcome.invalid)."""
 
 
 @dataclass
@@ -149,6 +152,8 @@ class Finished:
     generation: bool = True
     """False for a request to a route that generates nothing (the edge books those, for the
     ledger; the metrics count generation requests only)."""
+    schema_failures: list[str] = field(default_factory=list)
+    """The kind ("answer", "call") of each choice that failed a check after generation."""
     wall_time: float = field(default_factory=time.time)
 
 
@@ -238,6 +243,7 @@ class Run:
         self.reached_engine = False
         self.completion_tokens = 0
         self.sequences: list[ChunkStats] = []
+        self.schema_failures: list[str] = []
         self.status: int | None = None
         """Set when the run has been accounted."""
         self.generation = True
@@ -448,12 +454,20 @@ class Run:
         n = len(self.prepared.requests) if self.prepared is not None else 0
         tools: list[ToolStream] | None = [plan.streamer() for _ in range(n)] \
             if plan.active else None
+        # A structured answer is checked when it ends, so its text is kept until then.
+        answers: list[str] | None = [""] * n \
+            if tools is None and plan.response_schema is not None else None
         chunks = self._chunks()
         try:
             async for i, chunk in chunks:
                 if tools is None:
+                    why = None
+                    if answers is not None:
+                        answers[i] += chunk.text
+                        if chunk.finish_reason is not None:
+                            why = self._checked(plan.answer(answers[i], chunk.finish_reason))
                     yield Delta(i, chunk.text, chunk.token_ids, chunk.logprobs, [],
-                                chunk.finish_reason, chunk.prompt_logprobs)
+                                chunk.finish_reason, chunk.prompt_logprobs, why)
                     continue
                 text = tools[i].feed(chunk.text) if chunk.text else ""
                 if chunk.finish_reason is None:
@@ -461,9 +475,15 @@ class Run:
                     continue
                 rest, outcome = tools[i].finish(chunk.finish_reason)
                 yield Delta(i, text + rest, chunk.token_ids, chunk.logprobs, outcome.tool_calls,
-                            outcome.finish_reason)
+                            outcome.finish_reason, schema_error=self._checked(outcome))
         finally:
             await chunks.aclose()
+
+    def _checked(self, outcome: Outcome) -> str | None:
+        """`outcome.invalid`, counted for the metrics."""
+        if outcome.invalid_kind is not None:
+            self.schema_failures.append(outcome.invalid_kind)
+        return outcome.invalid
 
     async def collect(self) -> list[ChoiceResult]:
         """Run to completion and assemble every choice (the non-streaming path). When the
@@ -492,11 +512,13 @@ class Run:
 
     async def _gather(self, results: list[ChoiceResult]) -> None:
         async for i, chunk in self._chunks():
-            results[i].add(chunk)
-        for r in results:
-            out = self.plan.finish(r.text, r.finish_reason)
-            r.content, r.tool_calls, r.finish_reason = out.content, out.tool_calls, \
-                out.finish_reason
+            r = results[i]
+            r.add(chunk)
+            if chunk.finish_reason is not None:  # checked before the run ends and is booked
+                out = self.plan.finish(r.text, r.finish_reason)
+                r.content, r.tool_calls, r.finish_reason = out.content, out.tool_calls, \
+                    out.finish_reason
+                r.schema_error = self._checked(out)
 
     # --- what the policy did --------------------------------------------------------------------
     def decorate(self, response: dict[str, Any]) -> dict[str, Any]:
@@ -525,7 +547,8 @@ class Run:
         f = Finished(self.caller, self.model_name, self.status,
                      time.perf_counter() - self.caller.t0, self.prompt_tokens,
                      self.completion_tokens, self.reached_engine, list(self.sequences),
-                     self.internal, generation=self.generation)
+                     self.internal, generation=self.generation,
+                     schema_failures=list(self.schema_failures))
         # Shielded: a client that disconnects mid-stream cancels this task, but its tokens must
         # still be booked against the key, in the ledger and in the metrics.
         task = asyncio.ensure_future(self._book(f))

@@ -61,6 +61,9 @@ class ChoiceResult:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
     """The scored prompt's logprobs (prompt tokens after the first), when asked for."""
+    schema_error: str | None = None
+    """Why the structured answer failed its schema check after generation, or why the calls
+    the reply wrote were not returned as calls (the pipeline fills it in)."""
 
     def add(self, chunk: Chunk) -> None:
         """Append one of the choice's chunks."""

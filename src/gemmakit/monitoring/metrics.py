@@ -119,6 +119,12 @@ class Metrics:
         self.requests = Counter("gemmakit_requests",
                                 "Generation requests by HTTP status (refused and failed included).",
                                 ["model", "status"], registry=r)
+        self.schema_failures = Counter(
+            "gemmakit_schema_check_failures",
+            "Choices that failed the check after generation: kind=answer, a response_format "
+            "answer that does not validate against its schema (under a keyword the grammar "
+            "leaves to the check); kind=call, calls that were returned as text.",
+            ["model", "kind"], registry=r)
         kinds = ["model", "kind"]
         self.internal_requests = Counter(
             "gemmakit_internal_requests",
@@ -136,6 +142,8 @@ class Metrics:
                 family.labels(model)
             for family in (self.e2e, self.requests):
                 family.labels(model, "200")
+            for kind in ("answer", "call"):
+                self.schema_failures.labels(model, kind)
             for kind in ("judge", "readiness"):
                 self.internal_prompt.labels(model, kind)
                 self.internal_gen.labels(model, kind)
@@ -161,6 +169,9 @@ class Metrics:
             self.gen_total.labels(m).inc(generation_tokens)
             self.prompt_hist.labels(m).observe(prompt_tokens)
             self.gen_hist.labels(m).observe(generation_tokens)
+
+    def observe_schema_failure(self, kind: str, model: str | None = None) -> None:
+        self.schema_failures.labels(model or self.model, kind).inc()
 
     def observe_internal(self, kind: str, status: int, prompt_tokens: int,
                          generation_tokens: int, model: str | None = None) -> None:

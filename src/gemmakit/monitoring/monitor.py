@@ -80,6 +80,8 @@ class Monitor:
             self.metrics.observe_sequence(stats, f.model)
         self.metrics.observe_request(f.status, f.latency_s, f.prompt_tokens,
                                      f.completion_tokens, f.reached_engine, f.model)
+        for kind in f.schema_failures:
+            self.metrics.observe_schema_failure(kind, f.model)
         self.window.add(RequestRecord(
             t=self.window.clock(), status=f.status, e2e_s=f.latency_s,
             prompt_tokens=f.prompt_tokens, generation_tokens=f.completion_tokens,

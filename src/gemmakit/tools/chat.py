@@ -12,7 +12,8 @@ Calls leave only after their name is one of the allowed tools and their argument
 the tool's schema with `jsonschema`; a reply that breaks those rules (possible only without a
 constraint, without a max_tokens budget, or under a schema keyword the grammar leaves to this
 check) is returned as text, never as a call. A structured answer is checked the same way; one that
-fails is returned as it is, with `Outcome.invalid` saying why.
+fails is returned as it is. Either way `Outcome.invalid` says why, and the reply carries it (the
+choice's `schema_error`) and the metrics count it (`gemmakit_schema_check_failures_total`).
 
 With `max_tokens`, every constraint is budgeted (tools/gbnf.py): a forced call or a structured
 answer always completes within max_tokens, and a max_tokens too small for the shortest valid reply
@@ -45,6 +46,7 @@ from gemmakit.types import Capabilities, Constraint, FinishReason
 log = logging.getLogger("gemmakit.tools")
 
 Mode = Literal["none", "auto", "required"]
+InvalidKind = Literal["answer", "call"]
 
 
 def new_call_id() -> str:
@@ -59,8 +61,11 @@ class Outcome:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     invalid: str | None = None
-    """Why a structured answer (response_format) failed its schema check; None when it passed
-    or there was none. The answer itself is still `content`."""
+    """Why a structured answer (response_format) failed its schema check, or why the calls the
+    reply wrote were not returned as calls; None when all passed or there was nothing to check.
+    The answer (or the rejected calls' text) is still `content`."""
+    invalid_kind: InvalidKind | None = None
+    """What failed: "answer" (a response_format answer) or "call" (the reply's calls)."""
 
 
 def tool_call_entry(call: ParsedCall) -> dict[str, Any]:
@@ -142,13 +147,18 @@ class ToolPlan:
     def finish(self, text: str, finish_reason: FinishReason | None) -> Outcome:
         """The non-streaming path."""
         if not self.active:
-            return Outcome(text, [], finish_reason, self.check_answer(text))
+            return self.answer(text, finish_reason)
         assert self.parser is not None
         result = self.parser.parse(text)
         return self._outcome(text, result.content, result.calls, finish_reason)
 
     def streamer(self) -> ToolStream:
         return ToolStream(self)
+
+    def answer(self, text: str, finish_reason: FinishReason | None) -> Outcome:
+        """The outcome of a reply that is not parsed for calls (a plain or structured answer)."""
+        why = self.check_answer(text)
+        return Outcome(text, [], finish_reason, why, "answer" if why is not None else None)
 
     def check_answer(self, text: str) -> str | None:
         """Why `text` is not a valid structured answer (None when it is, or none was asked)."""
@@ -167,28 +177,36 @@ class ToolPlan:
             log.info("structured answer does not validate (%s)", why[:200])
         return why
 
-    def _valid(self, calls: list[ParsedCall]) -> list[ParsedCall] | None:
-        if not calls or (len(calls) > 1 and not self.parallel):
-            return None
+    def _valid(self, calls: list[ParsedCall]) -> str | None:
+        """Why `calls` cannot be returned as calls (None: they can)."""
+        if not calls:
+            return "the reply holds no call"
+        if len(calls) > 1 and not self.parallel:
+            return f"the reply holds {len(calls)} calls and parallel_tool_calls is false"
         by_name = {t.name: t for t in self.tools}
         for c in calls:
             spec = by_name.get(c.name)
             if spec is None:
-                log.info("reply calls unknown function %r: returned as text", c.name[:64])
-                return None
+                return f"the reply calls {c.name[:64]!r}, which is not among the allowed tools"
             err = spec.validate(c.arguments)
             if err is not None:
-                log.info("reply's arguments for %r do not validate (%s): returned as text",
-                         c.name, err[:200])
-                return None
-        return calls
+                return f"the reply's arguments for {c.name!r} do not validate: {err[:200]}"
+        return None
 
     def _outcome(self, text: str, content: str | None, calls: list[ParsedCall],
                  finish_reason: FinishReason | None) -> Outcome:
-        valid = self._valid(calls)
-        if valid is None:
-            return Outcome(text.strip() or None, [], finish_reason)
-        return Outcome(content, [tool_call_entry(c) for c in valid], "tool_calls")
+        why = self._valid(calls)
+        if why is None:
+            return Outcome(content, [tool_call_entry(c) for c in calls], "tool_calls")
+        text = text.strip()
+        if calls:  # the reply wrote calls that cannot leave as calls
+            log.info("%s: returned as text", why)
+            return Outcome(text or None, [], finish_reason, why, "call")
+        if self.response_schema is not None:  # it answered instead of calling: check the answer
+            out = self.answer(text, finish_reason)
+            out.content = text or None
+            return out
+        return Outcome(text or None, [], finish_reason)
 
 
 class ToolStream:

@@ -136,6 +136,26 @@ def test_json_schema_format_constrains_the_reply(client, engine):
     assert r.status_code == 200 and engine.requests[1].constraint is not None
 
 
+def test_an_answer_failing_the_check_after_generation_says_so(client, engine):
+    """uniqueItems is checked after generation: a reply that breaks it is returned, with
+    `schema_error` on the response (stored, and on the streamed terminal event too)."""
+    fmt = {"type": "json_schema", "name": "tags", "schema": {
+        "type": "array", "items": {"type": "string"}, "uniqueItems": True}}
+    engine.queue_text('["x", "x"]')
+    r = post(client, input="tags", text={"format": fmt})
+    assert r.status_code == 200, r.text
+    Response.model_validate(r.json())
+    assert "non-unique" in r.json()["schema_error"]
+    assert client.get(f"{PATH}/{r.json()['id']}").json()["schema_error"] == \
+        r.json()["schema_error"]
+    engine.queue_text('["x", ', '"x"]')
+    done = events_of(post(client, input="tags", text={"format": fmt}, stream=True))[-1]
+    assert done["type"] == "response.completed"
+    assert done["response"]["schema_error"] == r.json()["schema_error"]
+    engine.queue_text('["x", "y"]')
+    assert "schema_error" not in post(client, input="tags", text={"format": fmt}).json()
+
+
 def test_function_call_round_trip_in_input(client, engine):
     engine.queue_text("It is sunny.")
     r = post(client, tools=[WEATHER], input=[

@@ -74,6 +74,58 @@ def test_invalid_calls_never_leave_the_server(client, engine, reply):
     assert "tool_calls" not in choice["message"]
     assert choice["message"]["content"] == reply
     assert choice["finish_reason"] == "stop"
+    # ... and the client is told why (not only the server's log).
+    assert "get_time" in choice["schema_error"] or "do not validate" in choice["schema_error"]
+
+
+def failures(client, kind: str) -> float:
+    text = client.get("/metrics").text
+    line = next(ln for ln in text.splitlines() if ln.startswith(
+        "gemmakit_schema_check_failures_total{") and f'kind="{kind}"' in ln)
+    return float(line.rsplit(" ", 1)[1])
+
+
+UNIQUE = {"type": "json_schema", "json_schema": {"name": "tags", "schema": {
+    "type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                              "uniqueItems": True}},
+    "required": ["tags"]}}}
+
+
+def test_a_structured_answer_failing_the_check_after_generation_says_so(client, engine):
+    """uniqueItems is left to the check after generation (without strict): an answer that
+    breaks it comes back as it is, with the reason on the choice, streamed or not, and counted
+    in /metrics; a valid one carries nothing."""
+    before = failures(client, "answer")
+    engine.queue_text('{"tags": ["a", ', '"a"]}')
+    choice = chat(client, messages=ASK, response_format=UNIQUE).json()["choices"][0]
+    assert choice["message"]["content"] == '{"tags": ["a", "a"]}'
+    assert "non-unique" in choice["schema_error"] or "unique" in choice["schema_error"]
+    engine.queue_text('{"tags": ["a", ', '"a"]}')
+    events = _events(client, messages=ASK, response_format=UNIQUE)
+    [last] = [ch for ev in events for ch in ev["choices"] if ch["finish_reason"]]
+    assert last["schema_error"] == choice["schema_error"]
+    assert all("schema_error" not in ch for ev in events for ch in ev["choices"]
+               if not ch["finish_reason"])
+    assert failures(client, "answer") == before + 2
+    engine.queue_text('{"tags": ["a", "b"]}')
+    choice = chat(client, messages=ASK, response_format=UNIQUE).json()["choices"][0]
+    assert "schema_error" not in choice
+    engine.queue_text('{"tags": ["a", "b"]}')
+    events = _events(client, messages=ASK, response_format=UNIQUE)
+    assert all("schema_error" not in ch for ev in events for ch in ev["choices"])
+    assert failures(client, "answer") == before + 2
+
+
+def test_rejected_calls_are_counted_and_streamed_with_their_reason(client, engine):
+    before = failures(client, "call")
+    engine.queue_text('{"name": "get_time", ', '"parameters": {}}')
+    events = _events(client, messages=ASK, tools=[WEATHER])
+    [last] = [ch for ev in events for ch in ev["choices"] if ch["finish_reason"]]
+    assert last["finish_reason"] == "stop" and "get_time" in last["schema_error"]
+    assert failures(client, "call") == before + 1
+    engine.queue_text("It is sunny.")  # prose is no failed call
+    assert "schema_error" not in chat(client, messages=ASK, tools=[WEATHER]).json()["choices"][0]
+    assert failures(client, "call") == before + 1
 
 
 def test_parallel_tool_calls_false_refuses_two_calls(client, engine):

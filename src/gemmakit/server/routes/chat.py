@@ -39,9 +39,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         message: dict[str, Any] = {"role": "assistant", "content": r.content}
         if r.tool_calls:
             message["tool_calls"] = r.tool_calls
-        choices.append({"index": r.index, "message": message,
-                        "logprobs": chat_logprobs(r.logprobs) if body.logprobs else None,
-                        "finish_reason": r.finish_reason})
+        choice = {"index": r.index, "message": message,
+                  "logprobs": chat_logprobs(r.logprobs) if body.logprobs else None,
+                  "finish_reason": r.finish_reason}
+        if r.schema_error is not None:
+            choice["schema_error"] = r.schema_error
+        choices.append(choice)
     return run.decorate({
         "id": cid, "object": "chat.completion", "created": created, "model": run.model_name,
         "choices": choices, "usage": usage_dict(run.usage),
@@ -85,12 +88,16 @@ def delta_choices(d: Delta, logprobs: bool, tools: bool) -> list[dict[str, Any]]
     """The stream choices for one delta. Without tools: one, unless it holds nothing to send yet
     (bytes of a character still incomplete). With tools: prose as it comes; at the end the rest
     of the prose, then each validated call (id and name first, then its arguments), then the
-    finish reason."""
+    finish reason. The choice with the finish reason carries `schema_error` when the check
+    after generation failed (gemmakit's extension, as on a non-streamed choice)."""
     def choice(delta: dict[str, Any], finish: str | None = None,
                lp: list | None = None) -> dict[str, Any]:
-        return {"index": d.index, "delta": delta,
-                "logprobs": chat_logprobs(lp or []) if logprobs else None,
-                "finish_reason": finish}
+        out = {"index": d.index, "delta": delta,
+               "logprobs": chat_logprobs(lp or []) if logprobs else None,
+               "finish_reason": finish}
+        if finish is not None and d.schema_error is not None:
+            out["schema_error"] = d.schema_error
+        return out
 
     if not tools:
         if not (d.text or d.finish_reason or (logprobs and d.logprobs)):

@@ -71,7 +71,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
         output.append(message_item(new_id("msg"), r.content or "", status,
                                    r.logprobs if body.logprobs else None))
     output += [call_item(new_id("fc"), c, "completed") for c in r.tool_calls]
-    response = run.decorate(reply.response(status, output, incomplete))
+    response = run.decorate(reply.response(status, output, incomplete,
+                                           schema_error=r.schema_error))
     await reply.save(response)
     return response
 
@@ -230,8 +231,8 @@ class Reply:
         self.id, self.created = new_id("resp"), int(time.time())
 
     def response(self, status: str, output: list[dict[str, Any]],
-                 incomplete: dict[str, Any] | None = None, error: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 incomplete: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                 schema_error: str | None = None) -> dict[str, Any]:
         done = status in ("completed", "incomplete", "failed")
         out = {"id": self.id, "object": "response", "created_at": self.created,
                "status": status, "background": False,
@@ -243,6 +244,8 @@ class Reply:
         hits = screen.choice_hits.get(0) if screen is not None and done else None
         if hits:  # what the output policy did (Azure OpenAI's field, as on chat choices)
             out["content_filter_results"] = hits.as_dict()
+        if schema_error is not None:  # the check after generation failed (as on chat choices)
+            out["schema_error"] = schema_error
         return out
 
     async def save(self, response: dict[str, Any]) -> None:
@@ -356,8 +359,8 @@ class EventStream:
             out.append(self._ev("response.output_item.done", output_index=k, item=item))
             self.output.append(item)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        out.append(self._ev(kind, response=self.response(status, list(self.output),
-                                                         incomplete)))
+        out.append(self._ev(kind, response=self.response(status, list(self.output), incomplete,
+                                                         schema_error=d.schema_error)))
         return out
 
     def fail(self, message: str, code: str, param: str | None, failure: str
