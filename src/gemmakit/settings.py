@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     """Most prompt tokens prefilled per step while other sequences are decoding (bounds their
     stall; a lone request prefills batch_size tokens per step)."""
 
+    prompt_lookup: int = Field(default=0, ge=0, le=16)
+    """Prompt-lookup (n-gram) speculative decoding on the llama.cpp engine: while one sequence
+    decodes alone, greedily, draft up to this many tokens by finding its last tokens earlier in
+    its prompt and reply, and verify them in one pass (0: off). Output is unchanged; it helps
+    replies that copy from their prompt (quotes, edits, JSON rewrites)."""
+
     prefix_cache: bool = True
     """Reuse the KV cache of a finished request's prompt prefix (multi-turn chats, shared
     system prompts) instead of recomputing it."""

@@ -92,6 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--constrained", action="store_true",
                    help="A token under a JSON-schema grammar against a free one (greedy, "
                         "--gen-tokens at most), on --engine.")
+    p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
+                   help="Prompt-lookup decoding drafting up to K tokens against plain decoding "
+                        "(one stream, greedy, --gen-tokens a reply) on extractive and free "
+                        "prompts, on the llama.cpp engine.")
     p.add_argument("--engine", default="llamacpp",
                    help="With --scoring or --constrained: the engine to measure (llamacpp, "
                         "transformers).")
@@ -369,11 +373,19 @@ def run(ns: argparse.Namespace) -> int:
            "repeats": ns.repeats, "ttft_requests": ns.ttft_requests,
            "parallel": ns.parallel or settings.parallel}
     log = (lambda *a: None) if ns.json else (lambda *a: print(*a, file=sys.stderr))
-    if ns.scoring or ns.constrained:
+    if ns.scoring or ns.constrained or ns.prompt_lookup is not None:
         engine_settings = settings.model_copy(update={
             "model": ns.model, "engine": ns.engine, "threads": ns.threads,
             "context_length": ns.context_length, "parallel": 1})
-        if ns.scoring:
+        if ns.prompt_lookup is not None:
+            from gemmakit.bench.lookup import run_lookup
+
+            if ns.engine != "llamacpp" or not 1 <= ns.prompt_lookup <= 16:
+                print("gemmakit bench: --prompt-lookup takes 1 to 16 draft tokens, on the "
+                      "llamacpp engine", file=sys.stderr)
+                return 2
+            out = run_lookup(engine_settings, ns.prompt_lookup, ns.gen_tokens, ns.repeats)
+        elif ns.scoring:
             from gemmakit.bench.scoring import run_scoring
 
             out = run_scoring(engine_settings, ns.prompt_tokens, ns.repeats)

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,6 +138,50 @@ def _model_metadata(ll, model) -> dict[str, str]:
     return out
 
 
+LOOKUP_NGRAM = (4, 2)  # prompt lookup: the longest and shortest n-grams matched
+
+
+class NgramIndex:
+    """Where each n-gram of a token history (n from LOOKUP_NGRAM) last occurred with a token after
+    it: prompt-lookup decoding drafts what followed the latest earlier occurrence of the
+    history's own last n tokens, the longest n first."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self._last: dict[tuple[int, ...], int] = {}  # n-gram -> start of its latest occurrence
+
+    def sync(self, history: Sequence[int]) -> None:
+        """Catch up with `history` (which only ever grows)."""
+        longest, shortest = LOOKUP_NGRAM
+        for t in history[len(self.tokens):]:
+            self.tokens.append(t)
+            end = len(self.tokens) - 1  # the n-grams ending before the new token precede it
+            for n in range(shortest, longest + 1):
+                if end >= n:
+                    self._last[tuple(self.tokens[end - n:end])] = end - n
+
+    def draft(self, k: int) -> list[int]:
+        """Up to `k` tokens that followed the history's last n-gram where it last occurred."""
+        longest, shortest = LOOKUP_NGRAM
+        toks = self.tokens
+        for n in range(longest, shortest - 1, -1):
+            if len(toks) <= n:
+                continue
+            at = self._last.get(tuple(toks[-n:]))
+            if at is not None:
+                return toks[at + n: at + n + k]
+        return []
+
+
+@dataclass
+class LookupStats:
+    """Prompt-lookup decoding's counts (the worker writes, scrapes read)."""
+
+    steps: int = 0  # verification passes
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # draft tokens the model's own greedy choice confirmed
+
+
 @dataclass(eq=False)
 class _Sequence(Pending):
     """Per-request state owned by the worker thread (except `cancelled`, set by the event loop)."""
@@ -156,6 +200,7 @@ class _Sequence(Pending):
     t_first: float | None = None
     group: object = None  # shared by the sequences of one submit() call (a request's n choices)
     prompt_lp: list[TokenLogprob] | None = None  # a scored prompt's logprobs, until sent
+    lookup: NgramIndex | None = None  # prompt-lookup decoding's index of its tokens
 
     @property
     def scoring(self) -> bool:
@@ -238,7 +283,8 @@ class LlamaCppEngine(Engine):
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
                  max_queue: int = 64, prefill_chunk: int = 128, prefix_cache: bool = True,
                  flash_attention: bool = False, kv_cache_type: str = "f16",
-                 extra_buffers: bool = True, swa_full: bool = True) -> None:
+                 extra_buffers: bool = True, swa_full: bool = True,
+                 prompt_lookup: int = 0) -> None:
         ll = _lib()
         self._ll = ll
         self.model_path = Path(model_path)
@@ -247,6 +293,8 @@ class LlamaCppEngine(Engine):
         self.prefix_cache = prefix_cache
         self.prefill_chunk = max(1, min(prefill_chunk, batch_size))
         self.threads = threads or os.cpu_count() or 1
+        self.prompt_lookup = prompt_lookup
+        self.lookup_stats = LookupStats()
         self.capabilities = Capabilities(text=True, batching=True, constraints=True,
                                          grammar_tokens=True, lora=True)
         self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
@@ -344,7 +392,8 @@ class LlamaCppEngine(Engine):
                    flash_attention=small.get("flash_attention", False),
                    kv_cache_type=small.get("kv_cache_type", "f16"),
                    extra_buffers=small.get("extra_buffers", True),
-                   swa_full=prefix_cache or small.get("swa_full", True))
+                   swa_full=prefix_cache or small.get("swa_full", True),
+                   prompt_lookup=settings.prompt_lookup)
 
     @classmethod
     def plan_profile(cls, model: ModelRef, profile: str) -> str:
@@ -681,6 +730,13 @@ class LlamaCppEngine(Engine):
             self._decode_by_adapter(plan)
         decoding = [s for s in self._active
                     if not s.prefilling and not s.cancelled and s.generated]
+        if len(decoding) == 1 and self._lookup_eligible(decoding[0]):
+            seq = decoding[0]
+            self._use_adapter(seq.request.adapter)
+            done = self._decode_lookup(seq)
+            self._free_retired_adapters()
+            if done:
+                return
         if decoding:
             self._decode_by_adapter([(s, 1) for s in decoding])
 
@@ -793,17 +849,7 @@ class LlamaCppEngine(Engine):
                 self._batch.logits[n - 1] = True
                 sample_at.append((seq, n - 1))
         self._batch.n_tokens = n
-        rc = self._ll.llama_decode(self._ctx, self._batch)
-        if rc != 0:
-            # The sequences of this batch end with an error and their cells are dropped (their
-            # state is unknown); the engine goes on serving the others.
-            err = RuntimeError(f"llama_decode returned {rc}")
-            for seq, _ in plan:
-                slot = seq.slot
-                self._fail_sequence(seq, err, "decoding")
-                if slot is not None:
-                    self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-                    slot.cached = []
+        if not self._llama_decode([seq for seq, _ in plan]):
             return
         for seq, idx, pos, k in scored:
             try:
@@ -826,6 +872,105 @@ class LlamaCppEngine(Engine):
         for loop, items in out.items():
             with contextlib.suppress(RuntimeError):  # that event loop is already closed
                 loop.call_soon_threadsafe(_deliver, items)
+
+    def _llama_decode(self, seqs: list[_Sequence]) -> bool:
+        """llama_decode of the batch as filled; False when it failed. The sequences of a failed
+        batch end with an error and their cells are dropped (their state is unknown); the
+        engine goes on serving the others."""
+        rc = self._ll.llama_decode(self._ctx, self._batch)
+        if rc == 0:
+            return True
+        err = RuntimeError(f"llama_decode returned {rc}")
+        for seq in seqs:
+            slot = seq.slot
+            self._fail_sequence(seq, err, "decoding")
+            if slot is not None:
+                self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.cached = []
+        return False
+
+    # --- prompt-lookup decoding ---------------------------------------------------------------
+    def _lookup_eligible(self, seq: _Sequence) -> bool:
+        """Prompt lookup drafts only for plain greedy decoding, whose output it cannot change:
+        no sampler chain, grammar or logprobs."""
+        return (self.prompt_lookup > 0 and seq.sampler is None and seq.grammar is None
+                and not seq.request.sampling.logprobs)
+
+    def _decode_lookup(self, seq: _Sequence) -> bool:
+        """One step of prompt-lookup decoding for `seq`, decoding alone: its last token and a
+        draft of what followed its last n-gram earlier in its prompt or reply go into one
+        llama_decode with logits at every row; the greedy token of each row is taken while it
+        confirms the draft, then the first one that does not (the model's own correction) ends
+        the step. Each step emits one token more than it accepted, so a wrong draft costs its
+        rows' compute but never a token. False: nothing to draft (decode as usual).
+
+        The tokens are the model's greedy choices, as without lookup; but llama.cpp's kernels
+        are not bit-exact across batch shapes (nor are the cache cells the verified rows
+        write), so where the best two logits nearly tie the choice can differ from a one-row
+        step's, as it already can between a stream decoded alone and beside others
+        (docs/batching.md measures both)."""
+        if seq.lookup is None:
+            seq.lookup = NgramIndex()
+        seq.lookup.sync(seq.request.prompt_tokens + seq.generated)
+        room = min(self.prompt_lookup, seq.max_tokens - len(seq.generated) - 1,
+                   self.context_length - seq.n_past - 1, self.batch_size - 1)
+        draft = seq.lookup.draft(room) if room > 0 else []
+        if not draft:
+            return False
+        seq_id = _seq_id(seq)
+        base = seq.n_past
+        fed = [seq.generated[-1], *draft]
+        for j, token in enumerate(fed):
+            self._batch_add(j, token, base + j, seq_id, True)
+        self._batch.n_tokens = len(fed)
+        if not self._llama_decode([seq]):
+            return True
+        out: list[int] = []
+        for j in range(len(fed)):
+            token = self._argmax(j, seq.greedy_bias)
+            out.append(token)
+            if j == len(draft) or token != draft[j]:
+                break
+        stats = self.lookup_stats
+        stats.steps += 1
+        stats.drafted += len(draft)
+        stats.accepted += len(out) - 1
+        if seq.cancelled:  # nothing taken: the step is undone
+            self._ll.llama_memory_seq_rm(self._mem, seq_id, base, -1)
+            return True
+        chunk = Chunk(prompt_logprobs=seq.prompt_lp)
+        seq.prompt_lp = None
+        now = time.perf_counter()
+        for token in out:
+            seq.n_past += 1  # the token before it is now in the cache (as in a plain step)
+            if self._take(seq, token, chunk, now):
+                break
+        # The cells of draft tokens that were not confirmed (or came after the end) go.
+        self._ll.llama_memory_seq_rm(self._mem, seq_id, seq.n_past, -1)
+        with contextlib.suppress(RuntimeError):  # that event loop is already closed
+            seq.loop.call_soon_threadsafe(_deliver, [(seq.out, chunk)])
+        return True
+
+    def metric_families(self) -> Iterable[Any]:
+        if not self.prompt_lookup:
+            return ()
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.lookup_stats
+        steps = CounterMetricFamily("gemmakit_prompt_lookup_steps",
+                                    "Prompt-lookup decoding: steps that verified a draft.")
+        steps.add_metric([], s.steps)
+        drafted = CounterMetricFamily("gemmakit_prompt_lookup_draft_tokens",
+                                      "Prompt-lookup decoding: draft tokens verified.")
+        drafted.add_metric([], s.drafted)
+        accepted = CounterMetricFamily("gemmakit_prompt_lookup_accepted_tokens",
+                                       "Prompt-lookup decoding: draft tokens accepted (the "
+                                       "model's greedy choice was the drafted token).")
+        accepted.add_metric([], s.accepted)
+        ratio = GaugeMetricFamily("gemmakit_prompt_lookup_acceptance_ratio",
+                                  "Prompt-lookup decoding: accepted / drafted tokens so far.")
+        ratio.add_metric([], s.accepted / s.drafted if s.drafted else 0.0)
+        return [steps, drafted, accepted, ratio]
 
     def _batch_add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         b = self._batch
@@ -878,26 +1023,33 @@ class LlamaCppEngine(Engine):
             token = ll.llama_sampler_sample(seq.sampler, self._ctx, idx)
         else:
             token = self._argmax(idx, seq.greedy_bias)
-        now = time.perf_counter()
-        if seq.t_first is None:
-            seq.t_first = now
-        seq.generated.append(token)
-
-        chunk = Chunk(token_ids=[token], prompt_logprobs=seq.prompt_lp)
+        chunk = Chunk(prompt_logprobs=seq.prompt_lp)
         seq.prompt_lp = None
         if logprob is not None:
             chunk.logprobs.append(logprob(token))
+        self._take(seq, token, chunk, time.perf_counter())
+        return chunk
+
+    def _take(self, seq: _Sequence, token: int, chunk: Chunk, now: float) -> bool:
+        """Append the generated `token` to `seq` and to `chunk` (its id and text); True when it
+        ended the sequence (which is then retired)."""
+        if seq.t_first is None:
+            seq.t_first = now
+        seq.generated.append(token)
+        chunk.token_ids.append(token)
         assert seq.text is not None
+        req = seq.request
         stop = token in self.eog_ids or token in req.stop_token_ids  # no text of its own
         text, finish = seq.text.feed(None if stop else self.token_piece(token))
-        chunk.text = text
-        if finish is not None:
-            chunk.finish_reason = finish
-            chunk.stats = self._stats(seq, now)
-            with self._cond:
-                self._retire_locked(seq)
-                self._finish_times.append(now)
-        return chunk
+        chunk.text += text
+        if finish is None:
+            return False
+        chunk.finish_reason = finish
+        chunk.stats = self._stats(seq, now)
+        with self._cond:
+            self._retire_locked(seq)
+            self._finish_times.append(now)
+        return True
 
     def _stats(self, seq: _Sequence, now: float) -> ChunkStats:
         return finish_stats(prompt_tokens=len(seq.request.prompt_tokens),
