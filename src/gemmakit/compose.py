@@ -90,8 +90,11 @@ def plan(settings: Settings, *, progress: bool = True) -> LoadPlan:
                               f"--served-model-name says '{settings.served_model_name}': "
                               "give the name once")
         settings = settings.model_copy(update={"model": spec, "served_model_name": name})
-    ref = resolve(spec, settings.models_dir, progress=progress)
     cls = engine_class(settings.engine)
+    if settings.prompt_lookup and cls.name != "llamacpp":
+        raise ConfigError(f"--prompt-lookup is an option of the llamacpp engine; the "
+                          f"{cls.name} engine has no prompt-lookup decoding")
+    ref = resolve(spec, settings.models_dir, progress=progress)
     if settings.fit is not None:
         settings = fit(settings, ref)
     summary = cls.plan_profile(ref, settings.profile) if settings.profile is not None else None

@@ -143,3 +143,14 @@ def test_config_error_is_not_a_pydantic_traceback():
     # raised "from None": no chained ValidationError for the CLI to print
     assert ei.value.__cause__ is None
     assert ei.value.__suppress_context__
+
+
+@pytest.mark.parametrize("engine", ["transformers", "remote"])
+def test_prompt_lookup_on_another_engine_is_refused_not_ignored(engine, tmp_path):
+    from gemmakit.compose import plan
+
+    s = Settings.load(home=tmp_path, engine=engine, prompt_lookup=8)
+    with pytest.raises(ConfigError, match="prompt-lookup is an option of the llamacpp engine"):
+        plan(s, progress=False)
+    with pytest.raises(ConfigError):
+        Settings.load(prompt_lookup=17)  # at most 16 draft tokens
