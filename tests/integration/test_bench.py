@@ -122,9 +122,14 @@ def test_servers_side_by_side_json(gemmakit_home, model_path, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_servers_bench_stops_its_servers_when_interrupted(gemmakit_home, model_path, sig):
+    # As a foreground process started from a terminal: a run of the suite that was itself
+    # started in the background of a non-interactive shell has SIGINT ignored, its children
+    # inherit that, and a Python started with SIGINT ignored never turns it into
+    # KeyboardInterrupt (the bench would then run to its end, as a background job should).
     bench = subprocess.Popen([sys.executable, "-m", "gemmakit", "bench", "--servers", "llamacpp",
                               "--json"], env={**os.environ, "GEMMAKIT_HOME": str(gemmakit_home)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         started: list[psutil.Process] = []
