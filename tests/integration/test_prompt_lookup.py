@@ -100,8 +100,10 @@ def test_metrics_report_the_acceptance_rate(gemmakit_home, model_path, tmp_path)
             metrics = c.get("/metrics").text
     finally:
         stop_server(server)
-    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
-              if line.startswith("gemmakit_prompt_lookup_")}
+    label = f'{{model_file="{model_path.name}"}}'
+    values = {line.split(" ")[0].removesuffix(label): float(line.split(" ")[1])
+              for line in metrics.splitlines()
+              if line.startswith("gemmakit_prompt_lookup_") and label in line}
     drafted = values["gemmakit_prompt_lookup_draft_tokens_total"]
     accepted = values["gemmakit_prompt_lookup_accepted_tokens_total"]
     assert drafted > 0 and 0 < accepted <= drafted

@@ -150,10 +150,13 @@ class NgramIndex:
         self.tokens: list[int] = []
         self._last: dict[tuple[int, ...], int] = {}  # n-gram -> start of its latest occurrence
 
-    def sync(self, history: Sequence[int]) -> None:
-        """Catch up with `history` (which only ever grows)."""
+    def sync(self, prompt: Sequence[int], reply: Sequence[int]) -> None:
+        """Catch up with the history `prompt` + `reply` (which only ever grows), reading only
+        the tokens not indexed yet."""
+        have = len(self.tokens)
+        new = [*prompt[have:], *reply[max(0, have - len(prompt)):]]
         longest, shortest = LOOKUP_NGRAM
-        for t in history[len(self.tokens):]:
+        for t in new:
             self.tokens.append(t)
             end = len(self.tokens) - 1  # the n-grams ending before the new token precede it
             for n in range(shortest, longest + 1):
@@ -911,7 +914,7 @@ class LlamaCppEngine(Engine):
         (docs/batching.md measures both)."""
         if seq.lookup is None:
             seq.lookup = NgramIndex()
-        seq.lookup.sync(seq.request.prompt_tokens + seq.generated)
+        seq.lookup.sync(seq.request.prompt_tokens, seq.generated)
         room = min(self.prompt_lookup, seq.max_tokens - len(seq.generated) - 1,
                    self.context_length - seq.n_past - 1, self.batch_size - 1)
         draft = seq.lookup.draft(room) if room > 0 else []
@@ -952,25 +955,30 @@ class LlamaCppEngine(Engine):
         return True
 
     def metric_families(self) -> Iterable[Any]:
+        """Prompt-lookup decoding's counts, labelled with the model file (several llama.cpp
+        models may be served at once); none while it is off."""
         if not self.prompt_lookup:
             return ()
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.lookup_stats
-        steps = CounterMetricFamily("gemmakit_prompt_lookup_steps",
-                                    "Prompt-lookup decoding: steps that verified a draft.")
-        steps.add_metric([], s.steps)
-        drafted = CounterMetricFamily("gemmakit_prompt_lookup_draft_tokens",
-                                      "Prompt-lookup decoding: draft tokens verified.")
-        drafted.add_metric([], s.drafted)
-        accepted = CounterMetricFamily("gemmakit_prompt_lookup_accepted_tokens",
-                                       "Prompt-lookup decoding: draft tokens accepted (the "
-                                       "model's greedy choice was the drafted token).")
-        accepted.add_metric([], s.accepted)
+        label = [self.model_path.name]
+        families = []
+        for name, what, value in (
+                ("steps", "steps that verified a draft", s.steps),
+                ("draft_tokens", "draft tokens verified", s.drafted),
+                ("accepted_tokens", "draft tokens accepted (the model's greedy choice was the "
+                                    "drafted token)", s.accepted)):
+            family = CounterMetricFamily(f"gemmakit_prompt_lookup_{name}",
+                                         f"Prompt-lookup decoding: {what}.",
+                                         labels=["model_file"])
+            family.add_metric(label, value)
+            families.append(family)
         ratio = GaugeMetricFamily("gemmakit_prompt_lookup_acceptance_ratio",
-                                  "Prompt-lookup decoding: accepted / drafted tokens so far.")
-        ratio.add_metric([], s.accepted / s.drafted if s.drafted else 0.0)
-        return [steps, drafted, accepted, ratio]
+                                  "Prompt-lookup decoding: accepted / drafted tokens so far.",
+                                  labels=["model_file"])
+        ratio.add_metric(label, s.accepted / s.drafted if s.drafted else 0.0)
+        return [*families, ratio]
 
     def _batch_add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         b = self._batch

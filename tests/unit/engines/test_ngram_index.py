@@ -7,7 +7,7 @@ from gemmakit.engines.llamacpp import NgramIndex
 
 def index(tokens: list[int]) -> NgramIndex:
     ix = NgramIndex()
-    ix.sync(tokens)
+    ix.sync(tokens, [])
     return ix
 
 
@@ -35,8 +35,10 @@ def test_no_draft_without_a_repeated_ngram_of_at_least_two_tokens():
 
 def test_sync_extends_incrementally_like_a_fresh_index():
     history = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 1, 4]
+    prompt, reply = history[:10], history[10:]
     ix = NgramIndex()
-    for k in range(1, len(history) + 1):
-        ix.sync(history[:k])
-        assert ix.draft(5) == index(history[:k]).draft(5)
+    for k in range(len(reply) + 1):  # a prompt, then its reply growing a token at a time
+        ix.sync(prompt, reply[:k])
+        assert ix.tokens == history[:10 + k]
+        assert ix.draft(5) == index(history[:10 + k]).draft(5)
     assert ix.draft(5) == [1, 5, 9, 2, 6]  # "3 1 4" continued as at the start
