@@ -202,11 +202,8 @@ class ToolPlan:
         if calls:  # the reply wrote calls that cannot leave as calls
             log.info("%s: returned as text", why)
             return Outcome(text or None, [], finish_reason, why, "call")
-        if self.response_schema is not None:  # it answered instead of calling: check the answer
-            out = self.answer(text, finish_reason)
-            out.content = text or None
-            return out
-        return Outcome(text or None, [], finish_reason)
+        why = self.check_answer(text)  # it answered instead of calling: a structured answer?
+        return Outcome(text or None, [], finish_reason, why, "answer" if why is not None else None)
 
 
 class ToolStream:
