@@ -232,8 +232,11 @@ def test_a_stream_cut_halfway_is_an_error_not_a_truncated_success() -> None:
 
 
 def test_an_upstream_is_ejected_then_readmitted_and_visible() -> None:
+    # The cooldown outlasts the eleven requests below even on a loaded machine (they take
+    # milliseconds each): ejected means open for all of them, not closed again by a health check.
+    cooldown = 4.0
     with faults(2) as (ups, urls), gateway(lambda: gateway_engine(
-            urls, failures=2, cooldown=0.6, retries=1)) as c:
+            urls, failures=2, cooldown=cooldown, retries=1)) as c:
         ups[0].default = Fault("500")
         for _ in range(6):
             assert chat(c).status_code == 200  # 500s are retried on the other one
@@ -247,7 +250,8 @@ def test_an_upstream_is_ejected_then_readmitted_and_visible() -> None:
             assert chat(c).status_code == 200
         assert len(ups[0].bodies) == n0  # never routed to while ejected and the other healthy
         ups[0].default = Fault("ok")
-        deadline = time.monotonic() + 5  # cooldown, then a passing health check closes it
+        # the rest of the cooldown, then a passing health check closes it
+        deadline = time.monotonic() + cooldown + 5
         while metric(c, "gemmakit_upstream_healthy", upstream=_name(urls[0])) != 1:
             assert time.monotonic() < deadline
             time.sleep(0.1)
