@@ -1,14 +1,15 @@
 """The shared-KV-pool measurements of docs/batching.md, on raw llama.cpp contexts with the
 llama.cpp engine's settings (bundled model, 2 threads, ubatch 512, full sliding-window cache).
 
-    python docs/bench/kv_pool_probe.py --rounds 2 [--reference HF_DIR] > out.json
+    python docs/bench/kv_pool_probe.py --rounds 2 [--reference HF_DIR] [--no-speed] > out.json
 
 - speed: a cache per sequence (8 x 4,096 cells, the engine's layout) against one unified pool
   (4 x 4,096 cells, 16 ids) holding 7 idle sequences of 1,800 cells, flash attention off and
   on: 512-token prefill, 128 tokens on one stream, 32 steps of 8 streams;
 - fidelity: teacher-forced over the reference text, flash attention on against off (top-1
-  agreement, mean KL), and both against a float32 transformers reference when --reference
-  names the dense folder the transformers engine caches;
+  agreement, mean KL), the repacked weight copies off against on (another kernel for the same
+  weights, for scale), and both attention paths against a float32 transformers reference when
+  --reference names the dense folder the transformers engine caches;
 - swap: an idle cache saved with llama_state_seq_get_data and restored into another id; the
   logits after a whole restore, and after cutting it back to a 1,000-token prefix and
   recomputing the rest, against the logits it had.
@@ -33,10 +34,11 @@ N_VOCAB = 262144
 
 
 class Probe:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, repack: bool = True) -> None:
         self.ll = _lib()
-        self.model = self.ll.llama_model_load_from_file(path.encode(),
-                                                        self.ll.llama_model_default_params())
+        params = self.ll.llama_model_default_params()
+        params.use_extra_bufts = repack  # the engine's default: repacked weight copies
+        self.model = self.ll.llama_model_load_from_file(path.encode(), params)
         self.batch = self.ll.llama_batch_init(512, 0, 1)
 
     def context(self, *, unified: bool, flash: bool, n_ctx: int, n_seq: int):
@@ -117,21 +119,27 @@ def _compare(ref: np.ndarray, other: np.ndarray) -> dict[str, float]:
             "mean_kl": round(float(kl.mean()), 5)}
 
 
-def fidelity(p: Probe, reference: str | None) -> dict[str, object]:
+def _teacher_forced(p: Probe, tokens: list[int], flash: bool) -> np.ndarray:
+    ctx = p.context(unified=False, flash=flash, n_ctx=4096, n_seq=1)
+    p.prefill(ctx, 0, tokens, all_logits=True)
+    out = np.stack([p.logits(ctx, i) for i in range(len(tokens))]).astype(np.float64)
+    p.ll.llama_free(ctx)
+    return _log_softmax(out)
+
+
+def fidelity(p: Probe, path: str, reference: str | None) -> dict[str, object]:
     ll = p.ll
     text = reference_text().encode()
     vocab = ll.llama_model_get_vocab(p.model)
     buf = (ll.llama_token * 4096)()
     n = ll.llama_tokenize(vocab, text, len(text), buf, 4096, True, False)
     tokens = list(buf[:n])
-    out = {}
-    for flash in (False, True):
-        ctx = p.context(unified=False, flash=flash, n_ctx=4096, n_seq=1)
-        p.prefill(ctx, 0, tokens, all_logits=True)
-        out[flash] = _log_softmax(np.stack([p.logits(ctx, i) for i in range(n)]).astype(
-            np.float64))
-        ll.llama_free(ctx)
-    result: dict[str, object] = {"tokens": n, "flash_on_vs_off": _compare(out[False], out[True])}
+    out = {flash: _teacher_forced(p, tokens, flash) for flash in (False, True)}
+    plain = Probe(path, repack=False)
+    unpacked = _teacher_forced(plain, tokens, False)
+    ll.llama_model_free(plain.model)
+    result: dict[str, object] = {"tokens": n, "flash_on_vs_off": _compare(out[False], out[True]),
+                                 "repack_off_vs_on": _compare(out[False], unpacked)}
     if reference:
         import torch
         from transformers import AutoModelForCausalLM
@@ -183,15 +191,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reference", help="dense folder for the float32 reference (optional)")
+    ap.add_argument("--no-speed", action="store_true", help="fidelity and swap only")
     args = ap.parse_args()
-    p = Probe(str(ensure_bundled(Settings().models_dir)))
+    path = str(ensure_bundled(Settings().models_dir))
+    p = Probe(path)
     runs: dict[str, list[dict[str, float]]] = {}
-    for _ in range(args.rounds):  # taking turns, so drift hits every layout alike
+    # Rounds taking turns, so drift hits every layout alike.
+    for _ in range(0 if args.no_speed else args.rounds):
         for layout, flash in (("per_sequence", False), ("per_sequence", True), ("pool", False),
                               ("pool", True)):
             key = f"{layout}{'_flash' if flash else ''}"
             runs.setdefault(key, []).append(speed(p, layout, flash))
-    print(json.dumps({"speed": runs, "fidelity": fidelity(p, args.reference),
+    print(json.dumps({"speed": runs, "fidelity": fidelity(p, path, args.reference),
                       "swap": swap(p)}, indent=2))
 
 
