@@ -30,8 +30,6 @@ from gemmakit.catalog.quantize import reference_text
 from gemmakit.engines.llamacpp import _lib
 from gemmakit.settings import Settings
 
-N_VOCAB = 262144
-
 
 class Probe:
     def __init__(self, path: str, *, repack: bool = True) -> None:
@@ -39,6 +37,7 @@ class Probe:
         params = self.ll.llama_model_default_params()
         params.use_extra_bufts = repack  # the engine's default: repacked weight copies
         self.model = self.ll.llama_model_load_from_file(path.encode(), params)
+        self.n_vocab = self.ll.llama_vocab_n_tokens(self.ll.llama_model_get_vocab(self.model))
         self.batch = self.ll.llama_batch_init(512, 0, 1)
 
     def context(self, *, unified: bool, flash: bool, n_ctx: int, n_seq: int):
@@ -69,7 +68,7 @@ class Probe:
 
     def logits(self, ctx, i: int) -> np.ndarray:
         return np.ctypeslib.as_array(self.ll.llama_get_logits_ith(ctx, i),
-                                     shape=(N_VOCAB,)).copy()
+                                     shape=(self.n_vocab,)).copy()
 
 
 def _tokens(n: int, seed: int) -> list[int]:
@@ -133,6 +132,8 @@ def fidelity(p: Probe, path: str, reference: str | None) -> dict[str, object]:
     vocab = ll.llama_model_get_vocab(p.model)
     buf = (ll.llama_token * 4096)()
     n = ll.llama_tokenize(vocab, text, len(text), buf, 4096, True, False)
+    if n < 0:  # the buffer was too small: never score a cut text
+        raise SystemExit(f"the reference text is {-n} tokens, more than the probe's 4096")
     tokens = list(buf[:n])
     out = {flash: _teacher_forced(p, tokens, flash) for flash in (False, True)}
     plain = Probe(path, repack=False)
