@@ -63,7 +63,8 @@ class LoadPlan:
                 context = min(lm.trained_context or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
             p = plan_fit(ref.path, 1 << 62, engine=s.engine, model_format=ref.format,
                          context_length=context, parallel=s.parallel, batch_size=s.batch_size,
-                         name=ref.name, quantization=profile_quantization(s.profile, "cpu"))
+                         name=ref.name, quantization=profile_quantization(s.profile, "cpu"),
+                         swa_full=s.swa_full)
         except Exception as e:  # the estimate is advice: a model it cannot describe still loads
             log.info("%s: no memory estimate (%s: %s)", self.served_name, type(e).__name__, e)
             return None
@@ -145,7 +146,8 @@ def fit(settings: Settings, ref: ModelRef) -> Settings:
                  parallel=settings.parallel if "parallel" in given else None,
                  preferred_parallel=settings.parallel, batch_size=settings.batch_size,
                  name=ref.name, device="cpu",
-                 quantization=profile_quantization(settings.profile, "cpu"))
+                 quantization=profile_quantization(settings.profile, "cpu"),
+                 swa_full=settings.swa_full)
     print(f"gemmakit: {p.summary()}", file=sys.stderr)
     return settings.model_copy(update={"context_length": p.context_length,
                                        "parallel": p.parallel})

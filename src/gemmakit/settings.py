@@ -88,9 +88,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=1)
     """Prompt tokens evaluated per step (llama.cpp n_batch)."""
 
-    parallel: int = Field(default=4, ge=1, le=64)
+    parallel: int = Field(default=16, ge=1, le=64)
     """Sequences decoded together in one batch (continuous batching); each has its own
-    context_length of KV cache."""
+    context_length of KV cache (llama.cpp: sliding-window layers hold only their window)."""
 
     max_queue: int = Field(default=64, ge=0)
     """Requests that may wait for a free sequence; beyond that, 429 with Retry-After at once."""
@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     prefix_cache: bool = True
     """Reuse the KV cache of a finished request's prompt prefix (multi-turn chats, shared
     system prompts) instead of recomputing it."""
+
+    swa_full: bool = False
+    """llama.cpp: sliding-window layers keep the whole context, not just their window plus one
+    micro-batch (4x their cache for Gemma 3 at 8192 tokens), so a cached prefix stays reusable
+    however far its sequence went past it (default: off; a next turn is reused either way)."""
 
     fit: str | None = None
     """Memory budget (8GB, 512MiB): pick --context-length and --parallel that fit it, planned

@@ -189,6 +189,57 @@ def test_prefix_reuse_on_multi_turn(batch_engine):
     assert sb.cached_prompt_tokens >= n1  # the whole first turn was reused
 
 
+def test_prefix_reuse_checks_the_sliding_window(model_path):
+    """Sliding-window layers keep only their window plus one micro-batch of positions (768 for
+    Gemma 3), overwritten oldest first. A cached sequence that has gone on far past a shared
+    prefix no longer holds the window that prefix's next token attends to: the prompt is then
+    computed afresh (counted), and reads what a fresh engine gives; a continuation of the whole
+    cached sequence (the next turn of a chat) is still reused."""
+    eng = LlamaCppEngine(model_path, context_length=2048, parallel=1)
+    shared = [2, *eng.tokenize("A shared system prompt about printing, paper and ink. " * 60)]
+    long_a = shared + eng.tokenize(" Notes on the history of paper mills in Europe. " * 30)
+    assert eng.n_swa == 512 and not eng.swa_full and len(shared) > 520
+    assert len(long_a) - len(shared) > 300  # past the 256 positions the window can spare
+
+    def run(engine, prompt, n):
+        return asyncio.run(_collect_stats(engine.stream(GenerationRequest(
+            prompt_tokens=prompt, request_id="w",
+            sampling=SamplingParams(max_tokens=n, temperature=0)))))
+
+    try:
+        a_ids, _ = run(eng, long_a, 2)
+        # The next turn of that conversation continues from the whole cached sequence, though
+        # it is longer than the sliding layers' cells.
+        a2 = long_a + a_ids + eng.tokenize(" And then?")
+        a2_ids, a2_stats = run(eng, a2, 2)
+        assert a2_stats.cached_prompt_tokens >= len(long_a) and len(a2) > 768
+        oldest = eng._ll.llama_memory_seq_pos_min(eng._mem, 0)
+        assert oldest > len(shared) - eng.n_swa  # the shared prefix's window is overwritten
+        b = shared + eng.tokenize(" Who invented movable type?")
+        b_ids, b_stats = run(eng, b, 8)
+        assert b_stats.cached_prompt_tokens == 0 and eng.prefix_stats.window_refused == 1
+        family = next(f for f in eng.metric_families()
+                      if f.name == "gemmakit_prefix_reuse_window_refused")
+        assert family.samples[0].value == 1
+    finally:
+        asyncio.run(eng.aclose())
+    fresh = LlamaCppEngine(model_path, context_length=2048, parallel=1, prefix_cache=False)
+    try:
+        alone, _ = run(fresh, b, 8)
+    finally:
+        asyncio.run(fresh.aclose())
+    assert b_ids == alone
+    # With swa_full (--swa-full) every layer keeps the whole context: the same prefix is reused.
+    full = LlamaCppEngine(model_path, context_length=2048, parallel=1, swa_full=True)
+    try:
+        run(full, long_a, 2)
+        _, full_stats = run(full, b, 8)
+        assert full_stats.cached_prompt_tokens == len(shared)
+        assert full.prefix_stats.window_refused == 0
+    finally:
+        asyncio.run(full.aclose())
+
+
 def test_running_sequences_keep_contiguous_ids(batch_engine):
     """llama.cpp runs each run of consecutive sequence ids as its own micro-batch (a whole extra
     pass over the weights), so a newcomer takes the free id that keeps the running ids in one run:

@@ -80,7 +80,7 @@ def test_edge_defaults_and_what_given_flags_keep():
     assert (s.context_length, s.parallel) == (2048, 1)
     s = Settings.load(profile="edge", context_length=1024, parallel=2)
     assert (s.context_length, s.parallel) == (1024, 2)
-    assert (Settings.load().context_length, Settings.load().parallel) == (None, 4)
+    assert (Settings.load().context_length, Settings.load().parallel) == (None, 16)
 
 
 def test_edge_engine_settings(model_path):
@@ -91,20 +91,22 @@ def test_edge_engine_settings(model_path):
     plan = llamacpp_plan("edge", "Q4_K_M")
     assert plan.note is None  # any file type: edge does not ask for other weights
     assert plan.runtime == {"batch_size": 64, "flash_attention": True, "kv_cache_type": "q8_0",
-                            "extra_buffers": False, "swa_full": False, "prefix_cache": False}
+                            "extra_buffers": False, "swa_full": False}
     eng = LlamaCppEngine.from_settings(ModelRef("m", model_path, "gguf"),
                                        Settings.load(profile="edge", threads=2))
     try:
         assert (eng.context_length, eng.parallel, eng.batch_size) == (2048, 1, 64)
-        assert not eng.prefix_cache
+        assert eng.prefix_cache and not eng.swa_full  # reuse checks the sliding window
     finally:
         import asyncio
 
         asyncio.run(eng.aclose())
-    given = Settings.load(profile="edge", batch_size=256, prefix_cache=True, threads=2)
+    given = Settings.load(profile="edge", batch_size=256, prefix_cache=False, swa_full=True,
+                          threads=2)
     eng = LlamaCppEngine.from_settings(ModelRef("m", model_path, "gguf"), given)
     try:
-        assert eng.batch_size == 256 and eng.prefix_cache  # given flags stay
+        assert eng.batch_size == 256 and not eng.prefix_cache  # given flags stay
+        assert eng.swa_full and eng._window_holds(0, 1000)  # every layer keeps the context
     finally:
         asyncio.run(eng.aclose())
 

@@ -22,7 +22,7 @@ import numpy as np
 class RawBatch:
     def __init__(self, model_path: str | Path, *, n_seq: int, context_length: int,
                  threads: int, batch_size: int = 512) -> None:
-        from gemmakit.engines.llamacpp import _lib
+        from gemmakit.engines.llamacpp import UBATCH, _lib
 
         ll = _lib()  # llama_cpp, with its log routed into Python logging
         self.ll = ll
@@ -34,8 +34,9 @@ class RawBatch:
         p.n_ctx = context_length * n_seq
         p.n_seq_max = n_seq
         p.kv_unified = False
-        p.swa_full = True
-        p.n_batch = p.n_ubatch = batch_size
+        p.swa_full = False  # as the engine: sliding-window layers keep window + micro-batch
+        p.n_batch = batch_size
+        p.n_ubatch = min(batch_size, UBATCH)
         p.n_threads = p.n_threads_batch = threads
         p.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = ll.llama_init_from_model(self.model, p)

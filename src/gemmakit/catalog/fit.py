@@ -107,25 +107,32 @@ def profile_quantization(profile: str | None, device: str) -> str | None:
 
 def plan_fit(model_path: str | Path, budget_bytes: int, *, engine: str = "llamacpp",
              model_format: str | None = None, context_length: int | None = None,
-             parallel: int | None = None, preferred_parallel: int = 4,
+             parallel: int | None = None, preferred_parallel: int = 16,
              batch_size: int | None = None, name: str | None = None,
-             quantization: str | None = None, device: str = "cpu") -> FitPlan:
+             quantization: str | None = None, device: str = "cpu",
+             swa_full: bool | None = None) -> FitPlan:
     """The largest serving configuration of the model at `model_path` that fits `budget_bytes`.
 
     `context_length` / `parallel`: values the user fixed (None: chosen here). `batch_size`:
-    --batch-size (llama.cpp's ubatch; it sizes the attention scratch). `quantization`: the
+    --batch-size (it caps llama.cpp's ubatch, which sizes the attention scratch). `quantization`: the
     transformers engine's weights under a profile (`profile_quantization`). `device`: "cuda"
-    sizes GPU memory (the CPU-measured process overhead left out). Raises ConfigError,
+    sizes GPU memory (the CPU-measured process overhead left out). `swa_full`: llama.cpp's
+    sliding-window layers keep the whole context (--swa-full; None: the catalog's). Raises ConfigError,
     with the smallest configuration's needs, when nothing fits."""
     path = Path(model_path)
     fmt = model_format or ("gguf" if path.suffix.lower() == ".gguf" else "hf")
     lm = _local(path, fmt, engine, name, quantization)
     catalog = load_catalog()
-    if batch_size is not None and engine == "llamacpp":
+    if engine == "llamacpp" and (batch_size is not None or swa_full is not None):
         from dataclasses import replace
 
         engines = dict(catalog.engines)
-        engines["llamacpp"] = {**engines["llamacpp"], "ubatch": batch_size}
+        facts = dict(engines["llamacpp"])
+        if batch_size is not None:  # the engine's micro-batch is at most --batch-size
+            facts["ubatch"] = min(batch_size, int(facts["ubatch"]))
+        if swa_full is not None:
+            facts["swa_full"] = swa_full
+        engines["llamacpp"] = facts
         catalog = replace(catalog, engines=engines)
     trained = lm.trained_context or DEFAULT_CONTEXT_CAP
     max_seqs = 1 if engine == "transformers" else None

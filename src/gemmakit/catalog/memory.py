@@ -8,9 +8,9 @@
   + runtime overhead, measured once per engine (data/measured.json, with its command).
 
 What each engine allocates is a fact about the engine, kept in data/gemma.toml [engines]:
-gemmakit's llama.cpp engine keeps full caches on sliding layers (swa_full, so prefix reuse can
-roll a sequence back), one stream of cells per sequence (kv_unified off), f16 cells, padded to
-256; the transformers engine keeps only the window on sliding layers and runs one sequence.
+gemmakit's llama.cpp engine keeps the window plus one micro-batch on sliding layers (swa_full
+off), one stream of cells per sequence (kv_unified off), f16 cells, padded to 256; the
+transformers engine keeps only the window on sliding layers and runs one sequence.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class MemoryEstimate:
 # --- KV cache -------------------------------------------------------------------------------
 def llamacpp_kv_cells(arch: Architecture, facts: dict[str, Any], context: int) -> list[int]:
     """Cells per sequence for each layer with its own cache. A sliding layer holds the window
-    plus one batch (rounded to 256) unless swa_full keeps the whole context there."""
+    plus one micro-batch (rounded to 256) unless swa_full keeps the whole context there."""
     block = int(facts["kv_cell_block"])
     cells = _pad(context, block)
     ubatch = int(facts["ubatch"])

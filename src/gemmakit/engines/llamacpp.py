@@ -62,6 +62,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gemmakit.engine.llamacpp")
 
 MIN_PREFIX_REUSE = 32  # tokens: shorter shared prefixes are recomputed
+UBATCH = 256
+"""llama.cpp's micro-batch (n_ubatch; at most --batch-size, which stays n_batch). Sliding-window
+layers keep only their window plus one micro-batch of cells per sequence (swa_full off: 512 +
+256 for Gemma 3, rounded to 256), so a micro-batch of 256 keeps 16 full-context sequences in
+less cache than 4 took with every layer holding the whole context, and halves the compute
+buffer; measured no slower than 512 here (docs/batching.md, "Sixteen sequences by default")."""
 SCORE_ROWS = 256
 """At most this many prompt positions (and at most the batch size) get their logits in one decode
 when a prompt is scored (`prompt_logprobs`): llama.cpp keeps a float logits row of the whole
@@ -177,6 +183,13 @@ class NgramIndex:
 
 
 @dataclass
+class PrefixStats:
+    """Prefix reuse's counts (the worker writes, scrapes read)."""
+
+    window_refused: int = 0  # prompts computed afresh: the sliding window they needed was gone
+
+
+@dataclass
 class LookupStats:
     """Prompt-lookup decoding's counts (the worker writes, scrapes read)."""
 
@@ -286,7 +299,7 @@ class LlamaCppEngine(Engine):
                  threads: int | None = None, batch_size: int = 512, parallel: int = 1,
                  max_queue: int = 64, prefill_chunk: int = 128, prefix_cache: bool = True,
                  flash_attention: bool = False, kv_cache_type: str = "f16",
-                 extra_buffers: bool = True, swa_full: bool = True,
+                 extra_buffers: bool = True, swa_full: bool = False,
                  prompt_lookup: int = 0) -> None:
         ll = _lib()
         self._ll = ll
@@ -298,6 +311,7 @@ class LlamaCppEngine(Engine):
         self.threads = threads or os.cpu_count() or 1
         self.prompt_lookup = prompt_lookup
         self.lookup_stats = LookupStats()
+        self.prefix_stats = PrefixStats()
         self.capabilities = Capabilities(text=True, batching=True, constraints=True,
                                          grammar_tokens=True, lora=True)
         self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
@@ -316,23 +330,23 @@ class LlamaCppEngine(Engine):
         self.metadata = _model_metadata(ll, self._model)
         self.chat_template = self.metadata.get("tokenizer.chat_template")
         self.trained_context_length = ll.llama_model_n_ctx_train(self._model)
+        self.n_swa = ll.llama_model_n_swa(self._model)  # 0: no sliding-window layers
 
-        # Default: the trained context, capped so that `parallel` full caches stay modest
-        # (8192 tokens x 4 sequences = 0.6 GB of f16 cache for the 270M).
+        # Default: the trained context, capped so that `parallel` caches stay modest
+        # (8192 tokens x 16 sequences = 564 MiB of f16 cache for the 270M).
         per_seq = context_length or min(self.trained_context_length, 8192)
         cparams = ll.llama_context_default_params()
-        # Keep every sliding-window layer's cells too: prefix reuse rolls sequences back, which
-        # a cache holding only the window cannot do correctly.
-        if not swa_full and prefix_cache:
-            raise ConfigError("prefix reuse needs the full sliding-window cache (swa_full)")
+        # Sliding-window layers keep their window plus one micro-batch (swa_full off): a prefix
+        # is reused only where those layers still hold the positions it needs (_window_holds).
         cparams.swa_full = swa_full
+        self.swa_full = swa_full
         # Each sequence gets its own `per_seq` cells (kv_unified off): one long request can never
         # starve the others of cache mid-generation, so admission is a simple count.
         cparams.n_ctx = per_seq * parallel
         cparams.n_seq_max = parallel
         cparams.kv_unified = False
         cparams.n_batch = batch_size
-        cparams.n_ubatch = batch_size
+        cparams.n_ubatch = min(batch_size, UBATCH)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
@@ -388,6 +402,8 @@ class LlamaCppEngine(Engine):
             batch_size = small["batch_size"]
         prefix_cache = (settings.prefix_cache if "prefix_cache" in given
                         else small.get("prefix_cache", settings.prefix_cache))
+        swa_full = (settings.swa_full if "swa_full" in given
+                    else small.get("swa_full", settings.swa_full))
         return cls(model.path, context_length=settings.context_length,
                    threads=settings.threads, batch_size=batch_size,
                    parallel=settings.parallel, max_queue=settings.max_queue,
@@ -395,7 +411,7 @@ class LlamaCppEngine(Engine):
                    flash_attention=small.get("flash_attention", False),
                    kv_cache_type=small.get("kv_cache_type", "f16"),
                    extra_buffers=small.get("extra_buffers", True),
-                   swa_full=prefix_cache or small.get("swa_full", True),
+                   swa_full=swa_full,
                    prompt_lookup=settings.prompt_lookup)
 
     @classmethod
@@ -622,9 +638,17 @@ class LlamaCppEngine(Engine):
             # prompt the way it was first computed keeps "same prompt, same seed, same output".
             # A short shared prefix (the turn markup every chat starts with) saves nothing and
             # would make the numerics depend on what ran before, so only a real prefix counts.
-            return n if MIN_PREFIX_REUSE <= n < len(prompt) else 0
+            if not MIN_PREFIX_REUSE <= n < len(prompt):
+                return 0
+            if not self._window_holds(seq_id, n):
+                lost.append(n)
+                return 0
+            return n
 
+        lost: list[int] = []  # real shared prefixes whose sliding-window cells are overwritten
         reuse = {seq_id: reusable(seq_id) for seq_id in held}
+        if lost and max(reuse.values()) == 0:
+            self.prefix_stats.window_refused += 1
         if target is None:
             target = min(free, key=lambda slot: (_runs(busy | {slot.seq_id}),
                                                  -reuse[slot.seq_id], slot.last_used,
@@ -650,6 +674,18 @@ class LlamaCppEngine(Engine):
         seq.t_start = time.perf_counter()
         seq.text = TokenText(seq.request.sampling.stop, seq.max_tokens)
         self._active.append(seq)
+
+    def _window_holds(self, seq_id: int, n: int) -> bool:
+        """Whether sequence `seq_id`'s cells can continue from position `n` (its first `n`
+        positions kept, the rest dropped). Every layer that keeps the whole context can; a
+        sliding-window layer without swa_full holds only the latest window plus one micro-batch
+        of positions, overwritten oldest first, and the token at `n` attends to the window
+        before it: those positions must still be there. The check llama.cpp's own server makes;
+        otherwise the prompt is computed afresh (counted: gemmakit_prefix_reuse_window_refused_total)."""
+        if self.swa_full or not self.n_swa:
+            return True
+        oldest = self._ll.llama_memory_seq_pos_min(self._mem, seq_id)
+        return bool(oldest <= max(0, n - self.n_swa))
 
     def _retire_locked(self, seq: _Sequence) -> None:
         """Take `seq` out of the batch; its cells stay as the slot's prefix cache."""
@@ -955,15 +991,20 @@ class LlamaCppEngine(Engine):
         return True
 
     def metric_families(self) -> Iterable[Any]:
-        """Prompt-lookup decoding's counts, labelled with the model file (several llama.cpp
-        models may be served at once); none while it is off."""
-        if not self.prompt_lookup:
-            return ()
+        """Prefix reuse's refusals and prompt-lookup decoding's counts (those only while it is
+        on), labelled with the model file (several llama.cpp models may be served at once)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s = self.lookup_stats
         label = [self.model_path.name]
-        families = []
+        refused = CounterMetricFamily(
+            "gemmakit_prefix_reuse_window_refused",
+            "Prompts that shared a cached prefix but were computed afresh: the sliding-window "
+            "layers no longer held the positions that prefix needs.", labels=["model_file"])
+        refused.add_metric(label, self.prefix_stats.window_refused)
+        if not self.prompt_lookup:
+            return [refused]
+        s = self.lookup_stats
+        families = [refused]
         for name, what, value in (
                 ("steps", "steps that verified a draft", s.steps),
                 ("draft_tokens", "draft tokens verified", s.drafted),
@@ -1367,12 +1408,12 @@ _GGUF_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_
 _PROFILE_BANDS = {"max-efficiency": (0.0, 5.0), "balanced": (5.0, 9.0),
                   "performance": (9.0, 33.0), "edge": (0.0, 33.0)}
 # The llama.cpp runtime settings of each profile (edge: the smallest footprint). A 64-token
-# ubatch keeps the compute buffer small; a q8_0 KV cache (which needs flash attention) halves
-# the cache; sliding-window layers keep only their window (so no prefix reuse: rolling such a
-# cache back is not possible); no repacked weight copies (slower decode, docs/models.md).
+# batch keeps the compute buffer small; a q8_0 KV cache (which needs flash attention) halves
+# the cache; sliding-window layers keep only their window (as by default); no repacked weight
+# copies (slower decode, docs/models.md).
 _PROFILE_RUNTIME: dict[str, dict[str, Any]] = {
     "edge": {"batch_size": 64, "flash_attention": True, "kv_cache_type": "q8_0",
-             "extra_buffers": False, "swa_full": False, "prefix_cache": False}}
+             "extra_buffers": False, "swa_full": False}}
 _KV_TYPES = {"q8_0": lambda ll: ll.GGML_TYPE_Q8_0, "f16": lambda ll: ll.GGML_TYPE_F16}
 
 
@@ -1395,7 +1436,7 @@ class GgufPlan:
                   f"{r['batch_size']}, {'repacked' if r['extra_buffers'] else 'no repacked'} "
                   "weight copies")
             if not r["swa_full"]:
-                s += ", sliding layers keep only their window (no prefix reuse)"
+                s += ", sliding layers keep only their window"
         return f"{s}; {self.note}" if self.note else s
 
 

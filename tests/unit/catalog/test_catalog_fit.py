@@ -63,18 +63,19 @@ def test_the_gguf_reader_reads_shape_and_metadata(tiny_gguf):
     assert lm.weights.read_per_token_bytes == g.tensor_bytes
 
 
-def test_a_large_budget_keeps_four_sequences_of_the_trained_context(tiny_gguf):
+def test_a_large_budget_keeps_the_default_sixteen_sequences_of_the_trained_context(tiny_gguf):
     p = plan_fit(tiny_gguf, 4000 * MB)
-    assert (p.parallel, p.context_length) == (4, 4096)
-    assert p.memory_bytes <= 4000 * MB and "--parallel 4" in p.summary()
+    assert (p.parallel, p.context_length) == (16, 4096)
+    assert p.memory_bytes <= 4000 * MB and "--parallel 16" in p.summary()
+    assert plan_fit(tiny_gguf, 4000 * MB, preferred_parallel=4).parallel == 4
 
 
 def test_a_tight_budget_trades_sequences_then_context(tiny_gguf):
     full = plan_fit(tiny_gguf, 4000 * MB)
     one_seq = plan_fit(tiny_gguf, 4000 * MB, parallel=1).memory_bytes
-    # Just under what 4 sequences of the target context need: fewer sequences, same context.
+    # Just under what 16 sequences of the target context need: fewer sequences, same context.
     p = plan_fit(tiny_gguf, full.memory_bytes - 1)
-    assert p.parallel < 4 and p.context_length == 4096
+    assert p.parallel < 16 and p.context_length == 4096
     # Under one sequence of the full context: one sequence, shorter context.
     p1 = plan_fit(tiny_gguf, one_seq - 1)
     assert p1.parallel == 1 and p1.context_length < 4096 and p1.context_length % 256 == 0
@@ -83,7 +84,7 @@ def test_a_tight_budget_trades_sequences_then_context(tiny_gguf):
 
 def test_fixed_values_stay_fixed(tiny_gguf):
     p = plan_fit(tiny_gguf, 4000 * MB, context_length=1024)
-    assert p.context_length == 1024 and p.parallel == 4
+    assert p.context_length == 1024 and p.parallel == 16
     p = plan_fit(tiny_gguf, 4000 * MB, parallel=2)
     assert p.parallel == 2 and p.context_length == 4096
     with pytest.raises(ConfigError, match="does not fit"):
@@ -112,3 +113,14 @@ def test_parse_bytes():
     for bad in ("lots", "-1GB", "8XB"):
         with pytest.raises(ConfigError):
             parse_bytes(bad)
+
+
+def test_swa_full_plans_the_whole_context_in_the_sliding_layers(tiny_gguf):
+    window = plan_fit(tiny_gguf, 4000 * MB, context_length=4096, parallel=4)
+    full = plan_fit(tiny_gguf, 4000 * MB, context_length=4096, parallel=4, swa_full=True)
+    # Window 128 + micro-batch 256 = 384 cells per sequence on a sliding layer, 4096 with swa_full.
+    assert full.estimate.kv_cache_bytes > 4 * window.estimate.kv_cache_bytes
+    assert full.memory_bytes - window.memory_bytes == (full.estimate.kv_cache_bytes
+                                                       - window.estimate.kv_cache_bytes)
+    assert plan_fit(tiny_gguf, 4000 * MB, context_length=4096, parallel=4,
+                    swa_full=False).memory_bytes == window.memory_bytes

@@ -15,19 +15,21 @@ from gemmakit.catalog.memory import (
 MiB = 1 << 20
 
 
-def test_llamacpp_kv_keeps_the_whole_context_on_sliding_layers():
+def test_llamacpp_kv_keeps_the_window_plus_one_micro_batch_on_sliding_layers():
     cat = load_catalog()
     a = cat.get("gemma-3-270m").architecture
     facts = cat.engine("llamacpp")
-    # 18 layers x 2 x 1 head x 256 x f16 = 18 KiB a token; 8192 tokens x 4 sequences: 576 MiB,
-    # as llama.cpp logs it (swa_full: the 15 sliding layers hold all 8192 cells too).
-    assert llamacpp_kv_bytes(a, facts, 8192, 4) == 576 * MiB
-    # Without swa_full a sliding layer holds window + one batch (512 + 512), rounded to 256.
-    no_full = {**facts, "swa_full": False}
-    per_seq = 3 * 8192 + 15 * 1024
-    assert llamacpp_kv_bytes(a, no_full, 8192, 4) == 4 * per_seq * 1024
-    # Each sequence's cells are padded to 256.
+    # 1 head x 256 x f16, K and V: 1 KiB a token a layer. The 3 global layers hold the context,
+    # the 15 sliding ones window + one micro-batch (512 + 256, rounded to 256): 16 sequences
+    # of 8192 tokens in 564 MiB, as llama.cpp logs it (384 + 180 MiB).
+    per_seq = 3 * 8192 + 15 * 768
+    assert llamacpp_kv_bytes(a, facts, 8192, 16) == 16 * per_seq * 1024 == 564 * MiB
+    # With swa_full the 15 sliding layers hold all 8192 cells too: 4 sequences, 576 MiB.
+    full = {**facts, "swa_full": True}
+    assert llamacpp_kv_bytes(a, full, 8192, 4) == 576 * MiB
+    # Each sequence's cells are padded to 256; a short context caps the sliding layers too.
     assert llamacpp_kv_bytes(a, facts, 1000, 1) == llamacpp_kv_bytes(a, facts, 1024, 1)
+    assert llamacpp_kv_bytes(a, facts, 512, 1) == 18 * 512 * 1024
 
 
 def test_transformers_kv_keeps_only_the_window_on_sliding_layers():
@@ -46,9 +48,9 @@ def test_llamacpp_scratch_grows_with_the_context_up_to_the_compute_buffer():
     cat = load_catalog()
     a = cat.get("gemma-3-270m").architecture
     facts = cat.engine("llamacpp")
-    assert llamacpp_scratch_bytes(a, facts, 4096) == 9 * 512 * 4096 * 4
-    # Past the logits of a full batch (262144 x 512 x f32) the scores reuse that space.
-    assert llamacpp_scratch_bytes(a, facts, 32768) == 262144 * 512 * 4
+    assert llamacpp_scratch_bytes(a, facts, 2048) == 9 * 256 * 2048 * 4
+    # Past the logits of a full micro-batch (262144 x 256 x f32) the scores reuse that space.
+    assert llamacpp_scratch_bytes(a, facts, 32768) == 262144 * 256 * 4
     assert llamacpp_scratch_bytes(a, {**facts, "flash_attention": True}, 4096) == 0
 
 
