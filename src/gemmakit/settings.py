@@ -111,8 +111,9 @@ class Settings(BaseSettings):
 
     swa_full: bool = False
     """llama.cpp: sliding-window layers keep the whole context, not just their window plus one
-    micro-batch (4x their cache for Gemma 3 at 8192 tokens), so a cached prefix stays reusable
-    however far its sequence went past it (default: off; a next turn is reused either way)."""
+    micro-batch (about 4x the KV cache per sequence for the 270M at 8192 tokens), so a cached
+    prefix stays reusable however far its sequence went past it (default: off; a next turn is
+    reused either way)."""
 
     fit: str | None = None
     """Memory budget (8GB, 512MiB): pick --context-length and --parallel that fit it, planned

@@ -627,7 +627,7 @@ class LlamaCppEngine(Engine):
         # Cells computed under another adapter (or none) hold other keys and values.
         owner = {slot.seq_id: slot.adapter for slot in self._slots}
 
-        def reusable(seq_id: int) -> int:
+        def shared(seq_id: int) -> int:
             if not self.prefix_cache or seq.scoring:  # a scored prompt needs every logit
                 return 0
             if owner[seq_id] != seq.request.adapter:
@@ -638,16 +638,13 @@ class LlamaCppEngine(Engine):
             # prompt the way it was first computed keeps "same prompt, same seed, same output".
             # A short shared prefix (the turn markup every chat starts with) saves nothing and
             # would make the numerics depend on what ran before, so only a real prefix counts.
-            if not MIN_PREFIX_REUSE <= n < len(prompt):
-                return 0
-            if not self._window_holds(seq_id, n):
-                lost.append(n)
-                return 0
-            return n
+            return n if MIN_PREFIX_REUSE <= n < len(prompt) else 0
 
-        lost: list[int] = []  # real shared prefixes whose sliding-window cells are overwritten
-        reuse = {seq_id: reusable(seq_id) for seq_id in held}
-        if lost and max(reuse.values()) == 0:
+        prefix = {seq_id: shared(seq_id) for seq_id in held}
+        # Reusable where the sliding-window layers still hold what the prefix's next token needs.
+        reuse = {seq_id: n if n and self._window_holds(seq_id, n) else 0
+                 for seq_id, n in prefix.items()}
+        if any(prefix.values()) and not any(reuse.values()):
             self.prefix_stats.window_refused += 1
         if target is None:
             target = min(free, key=lambda slot: (_runs(busy | {slot.seq_id}),

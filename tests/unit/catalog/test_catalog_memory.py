@@ -32,6 +32,19 @@ def test_llamacpp_kv_keeps_the_window_plus_one_micro_batch_on_sliding_layers():
     assert llamacpp_kv_bytes(a, facts, 512, 1) == 18 * 512 * 1024
 
 
+def test_the_llamacpp_facts_are_the_engines_own_settings():
+    """The estimate sizes what the engine allocates: its micro-batch and its swa_full default."""
+    import inspect
+
+    from gemmakit.engines.llamacpp import UBATCH, LlamaCppEngine
+    from gemmakit.settings import Settings
+
+    facts = load_catalog().engine("llamacpp")
+    assert facts["ubatch"] == UBATCH
+    default = inspect.signature(LlamaCppEngine).parameters["swa_full"].default
+    assert facts["swa_full"] is default is Settings.model_fields["swa_full"].default
+
+
 def test_transformers_kv_keeps_only_the_window_on_sliding_layers():
     cat = load_catalog()
     a = cat.get("gemma-3-4b").architecture
