@@ -19,18 +19,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gemmakit.catalog.bundled import ensure_bundled
+from gemmakit.catalog.quantize import _log_softmax_rows as lsm
 from gemmakit.hf.checkpoint import dense_from_gguf
 from gemmakit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = 1800
 ROWS = 150  # rows of the float64 log-softmax at a time
-
-
-def lsm(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x -= x.max(1, keepdims=True)
-    return x - np.log(np.exp(x).sum(1, keepdims=True))
 
 
 def llama_logits(path: Path, toks: list[int], *, swa_full: bool, ubatch: int) -> np.ndarray:
